@@ -1,0 +1,362 @@
+//! Settings, read once at start-up from the environment (after `.env`).
+//!
+//! Every setting has a documented default (README and `.env.example`); a value
+//! that does not parse stops start-up with an error naming the variable, so
+//! nothing ever runs half-configured.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+/// What happens to the plaintext `originalContent` the stock client sends
+/// beside each ciphertext (see CONTRACT.md, `send-message`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OriginalContent {
+    /// Echoed back to its author in that call's `message-sent` only.
+    #[default]
+    Echo,
+    /// As `Echo`, and also kept for the author's own `messages-history`.
+    Author,
+    /// Never echoed or stored.
+    Drop,
+}
+
+impl FromStr for OriginalContent {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "echo" => Ok(Self::Echo),
+            "author" => Ok(Self::Author),
+            "drop" => Ok(Self::Drop),
+            _ => Err("expected one of echo, author, drop".into()),
+        }
+    }
+}
+
+/// Origins allowed by CORS and by the Socket.IO handshake origin check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// `CLIENT_URL=*`: any origin (the request's origin is mirrored).
+    Any,
+    /// Exact origins, compared byte for byte with the `Origin` header.
+    List(Vec<HeaderValue>),
+}
+
+impl AllowedOrigins {
+    /// Parses a comma-separated list of origins, or `*`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "*" {
+            return Ok(Self::Any);
+        }
+        let mut list = Vec::new();
+        for origin in s.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            // Browsers never send a trailing slash in `Origin`.
+            let origin = origin.trim_end_matches('/');
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(format!("origin {origin:?} must start with http:// or https://"));
+            }
+            let value = HeaderValue::from_str(origin)
+                .map_err(|_| format!("origin {origin:?} is not a valid header value"))?;
+            list.push(value);
+        }
+        if list.is_empty() {
+            return Err("expected `*` or at least one origin".into());
+        }
+        Ok(Self::List(list))
+    }
+
+    /// Whether a request carrying this `Origin` header may be served.
+    pub fn allows(&self, origin: &HeaderValue) -> bool {
+        match self {
+            Self::Any => true,
+            Self::List(list) => list.iter().any(|o| o == origin),
+        }
+    }
+}
+
+impl fmt::Display for AllowedOrigins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("*"),
+            Self::List(list) => {
+                let parts: Vec<&str> = list.iter().filter_map(|o| o.to_str().ok()).collect();
+                f.write_str(&parts.join(","))
+            }
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err("expected text or json".into()),
+        }
+    }
+}
+
+/// All settings of one server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HOST`: address to listen on.
+    pub host: IpAddr,
+    /// `PORT`: port to listen on (0 picks a free one; tests use that).
+    pub port: u16,
+    /// `CLIENT_URL`: allowed browser origins.
+    pub client_origins: AllowedOrigins,
+    /// `NODE_ENV`: kept for compatibility with the original's deployments; only logged.
+    pub node_env: String,
+    /// `DEBUG`: verbose logs and the `/sessions` debug listing.
+    pub debug: bool,
+    /// `LOG_FORMAT`: `text` or `json` (one object per line).
+    pub log_format: LogFormat,
+    /// `SESSION_IDLE_TIMEOUT_SECS`: a session with no connected member is evicted after this long idle.
+    pub session_idle_timeout: Duration,
+    /// `SESSION_MEMBER_TIMEOUT_SECS`: a session with members is evicted after this long without activity.
+    pub session_member_timeout: Duration,
+    /// `CLEANUP_INTERVAL_SECS`: how often the eviction sweep runs.
+    pub cleanup_interval: Duration,
+    /// `MAX_PAYLOAD_BYTES`: largest Engine.IO message accepted, on both transports.
+    pub max_payload_bytes: u64,
+    /// `PING_INTERVAL_MS`: Engine.IO heartbeat interval.
+    pub ping_interval: Duration,
+    /// `PING_TIMEOUT_MS`: Engine.IO heartbeat timeout.
+    pub ping_timeout: Duration,
+    /// `ORIGINAL_CONTENT`: plaintext policy.
+    pub original_content: OriginalContent,
+    /// `MAX_SESSIONS`: live sessions at once; reservations and creations beyond it are refused.
+    pub max_sessions: usize,
+    /// `MAX_GROUP_MEMBERS`: connected members of one group session.
+    pub max_group_members: usize,
+    /// `MAX_HISTORY_MESSAGES`: messages kept per session (oldest go first).
+    pub max_history_messages: usize,
+    /// `MAX_HISTORY_BYTES`: ciphertext bytes kept per session (oldest go first).
+    pub max_history_bytes: usize,
+    /// `REDIS_URL`: unset runs the embedded in-memory store.
+    pub redis_url: Option<String>,
+}
+
+impl Default for Config {
+    /// The documented defaults, except that it listens on 127.0.0.1 and a free port:
+    /// the value tests start from.
+    fn default() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            client_origins: AllowedOrigins::parse(DEFAULT_CLIENT_URL).expect("valid default"),
+            node_env: "development".into(),
+            debug: false,
+            log_format: LogFormat::Text,
+            session_idle_timeout: Duration::from_secs(1800),
+            session_member_timeout: Duration::from_secs(7200),
+            cleanup_interval: Duration::from_secs(60),
+            max_payload_bytes: 20 * 1024 * 1024,
+            ping_interval: Duration::from_millis(25_000),
+            ping_timeout: Duration::from_millis(60_000),
+            original_content: OriginalContent::Echo,
+            max_sessions: 10_000,
+            max_group_members: 100,
+            max_history_messages: 1_000,
+            max_history_bytes: 64 * 1024 * 1024,
+            redis_url: None,
+        }
+    }
+}
+
+/// The stock frontend's development origin (Vite's default port).
+const DEFAULT_CLIENT_URL: &str = "http://localhost:5173";
+
+/// A setting that could not be used; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {name}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl Config {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (the environment in production, a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let defaults = Self::default();
+        let config = Self {
+            host: env.parse("HOST", IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,
+            port: env.parse("PORT", 3001)?,
+            client_origins: env.with("CLIENT_URL", defaults.client_origins, AllowedOrigins::parse)?,
+            node_env: env.get("NODE_ENV").unwrap_or(defaults.node_env),
+            debug: env.with("DEBUG", false, parse_bool)?,
+            log_format: env.parse("LOG_FORMAT", defaults.log_format)?,
+            session_idle_timeout: env.secs("SESSION_IDLE_TIMEOUT_SECS", defaults.session_idle_timeout)?,
+            session_member_timeout: env
+                .secs("SESSION_MEMBER_TIMEOUT_SECS", defaults.session_member_timeout)?,
+            cleanup_interval: env.secs("CLEANUP_INTERVAL_SECS", defaults.cleanup_interval)?,
+            max_payload_bytes: env.positive("MAX_PAYLOAD_BYTES", defaults.max_payload_bytes)?,
+            ping_interval: env.millis("PING_INTERVAL_MS", defaults.ping_interval)?,
+            ping_timeout: env.millis("PING_TIMEOUT_MS", defaults.ping_timeout)?,
+            original_content: env.parse("ORIGINAL_CONTENT", defaults.original_content)?,
+            max_sessions: env.positive("MAX_SESSIONS", defaults.max_sessions)?,
+            max_group_members: env.with("MAX_GROUP_MEMBERS", defaults.max_group_members, |v| match v
+                .parse::<usize>()
+            {
+                Ok(n) if n >= 2 => Ok(n),
+                _ => Err("expected a whole number of at least 2".into()),
+            })?,
+            max_history_messages: env.parse("MAX_HISTORY_MESSAGES", defaults.max_history_messages)?,
+            max_history_bytes: env.parse("MAX_HISTORY_BYTES", defaults.max_history_bytes)?,
+            redis_url: env.get("REDIS_URL"),
+        };
+        if config.max_payload_bytes > u64::from(u32::MAX) {
+            return Err(ConfigError {
+                name: "MAX_PAYLOAD_BYTES",
+                value: config.max_payload_bytes.to_string(),
+                reason: "must be at most 4294967295".into(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// Typed access to the variables; every error names the variable and its value.
+struct Env<'a, F: Fn(&str) -> Option<String>>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
+    /// The trimmed value, with empty treated as unset.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn with<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(value) => parse(&value).map_err(|reason| ConfigError { name, value, reason }),
+        }
+    }
+
+    fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        self.with(name, default, |v| v.parse::<T>().map_err(|e| e.to_string()))
+    }
+
+    fn positive<T: FromStr + Default + PartialOrd>(
+        &self,
+        name: &'static str,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        self.with(name, default, |v| match v.parse::<T>() {
+            Ok(n) if n > T::default() => Ok(n),
+            _ => Err("expected a positive whole number".into()),
+        })
+    }
+
+    fn secs(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        let secs = self.positive(name, default.as_secs())?;
+        Ok(Duration::from_secs(secs))
+    }
+
+    fn millis(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        let ms = self.positive(name, default.as_millis() as u64)?;
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.port, 3001);
+        assert_eq!(c.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(c.client_origins.to_string(), "http://localhost:5173");
+        assert_eq!(c.session_idle_timeout, Duration::from_secs(1800));
+        assert_eq!(c.session_member_timeout, Duration::from_secs(7200));
+        assert_eq!(c.max_payload_bytes, 20_971_520);
+        assert_eq!(c.original_content, OriginalContent::Echo);
+        assert!(c.redis_url.is_none());
+        assert!(!c.debug);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        for (name, value) in [
+            ("PORT", "abc"),
+            ("PORT", "70000"),
+            ("DEBUG", "maybe"),
+            ("CLIENT_URL", "localhost:5173"),
+            ("SESSION_IDLE_TIMEOUT_SECS", "0"),
+            ("MAX_PAYLOAD_BYTES", "-1"),
+            ("ORIGINAL_CONTENT", "keep"),
+            ("LOG_FORMAT", "xml"),
+            ("HOST", "not-an-ip"),
+            ("MAX_GROUP_MEMBERS", "1"),
+        ] {
+            let err = config(&[(name, value)]).unwrap_err();
+            assert_eq!(err.name, name);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn client_url_takes_a_list_or_a_wildcard() {
+        let c = config(&[("CLIENT_URL", "https://a.example, https://b.example/")]).unwrap();
+        assert!(c
+            .client_origins
+            .allows(&HeaderValue::from_static("https://b.example")));
+        assert!(!c
+            .client_origins
+            .allows(&HeaderValue::from_static("https://c.example")));
+        let c = config(&[("CLIENT_URL", "*")]).unwrap();
+        assert_eq!(c.client_origins, AllowedOrigins::Any);
+    }
+
+    #[test]
+    fn debug_accepts_the_usual_spellings() {
+        assert!(config(&[("DEBUG", "true")]).unwrap().debug);
+        assert!(config(&[("DEBUG", "TRUE")]).unwrap().debug);
+        assert!(!config(&[("DEBUG", "false")]).unwrap().debug);
+    }
+}

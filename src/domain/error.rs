@@ -1,0 +1,82 @@
+//! Refusals of the domain, each with its wire code and message.
+//!
+//! Join failures travel as `session-error` (the stock client shows them and
+//! leaves); everything else as the non-fatal `event-error`.
+
+/// Why a `join-session` was refused (`session-error {error, message}`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("Invalid join-session payload: {0}")]
+    InvalidPayload(String),
+    #[error("Session not found. Please check the session link.")]
+    SessionNotFound,
+    #[error("Session key mismatch. This should not happen.")]
+    CreatorKeyMismatch,
+    #[error("Invalid authentication key. Please check your link and try again.")]
+    InvalidKey,
+    #[error("Incorrect password. Please check and try again.")]
+    InvalidPassword,
+    #[error("Room not active yet. Please wait for the creator to join first.")]
+    SessionNotActive,
+    #[error("This room is full. Only 2 members allowed.")]
+    SessionFull,
+    #[error("This room is full. Only {0} members allowed.")]
+    GroupFull(usize),
+    #[error("The server holds too many sessions right now. Please try again later.")]
+    SessionLimit,
+    #[error("This session expired after a long time without activity.")]
+    SessionExpired,
+}
+
+impl JoinError {
+    /// The `error` field on the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidPayload(_) => "INVALID_PAYLOAD",
+            Self::SessionNotFound => "SESSION_NOT_FOUND",
+            Self::CreatorKeyMismatch | Self::InvalidKey => "INVALID_KEY",
+            Self::InvalidPassword => "INVALID_PASSWORD",
+            Self::SessionNotActive => "SESSION_NOT_ACTIVE",
+            Self::SessionFull | Self::GroupFull(_) => "SESSION_FULL",
+            Self::SessionLimit => "SESSION_LIMIT",
+            Self::SessionExpired => "SESSION_EXPIRED",
+        }
+    }
+}
+
+/// Why any other event was refused (`event-error {event, error, message}`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("Invalid payload: {0}")]
+    InvalidPayload(String),
+    #[error("This socket has not joined that session.")]
+    NotInSession,
+    #[error("{0}")]
+    NotAllowed(&'static str),
+    #[error("The recipient is not a member of this session.")]
+    UnknownRecipient,
+    #[error("Unknown event.")]
+    UnknownEvent,
+}
+
+impl EventError {
+    /// The `error` field on the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidPayload(_) => "INVALID_PAYLOAD",
+            Self::NotInSession => "NOT_IN_SESSION",
+            Self::NotAllowed(_) => "NOT_ALLOWED",
+            Self::UnknownRecipient => "UNKNOWN_RECIPIENT",
+            Self::UnknownEvent => "UNKNOWN_EVENT",
+        }
+    }
+}
+
+/// Why `POST /api/reserve-session` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReserveError {
+    #[error("Session already exists")]
+    Exists,
+    #[error("Session limit reached")]
+    Limit,
+}

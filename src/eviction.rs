@@ -1,0 +1,137 @@
+//! The background sweep that evicts idle sessions (CONTRACT.md section 4).
+
+use serde_json::json;
+use socketioxide::SocketIo;
+use tokio::time::{self, Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{JoinError, Store};
+use crate::socket::{conn_room, session_room};
+
+/// Sweeps every `interval` until `stop` is cancelled. Members of a session
+/// evicted while they are still connected are told `SESSION_EXPIRED` and
+/// removed from its room.
+pub async fn run(store: Store, io: SocketIo, interval: std::time::Duration, stop: CancellationToken) {
+    let mut ticks = time::interval_at(Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        let before = store.session_count();
+        let expired = store.sweep(Instant::now());
+        let evicted = before.saturating_sub(store.session_count());
+        if evicted > 0 {
+            tracing::info!(evicted, with_members = expired.len(), "evicted idle sessions");
+        }
+        let error = JoinError::SessionExpired;
+        let notice = json!({ "error": error.code(), "message": error.to_string() });
+        for session in expired {
+            tracing::info!(session = %session.session.log_tag(), "session expired with members connected");
+            for conn in &session.conns {
+                let to = || io.to(conn_room(conn));
+                let _ = to().emit("session-error", &notice).await;
+                let _ = to().leave(session_room(&session.session)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::domain::store::{JoinRequest, Limits};
+    use crate::domain::{ChatMode, ConnId, SessionId, Store, UserId};
+
+    fn store() -> Store {
+        Store::new(Limits {
+            max_sessions: 100,
+            max_group_members: 10,
+            max_history_messages: 10,
+            max_history_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(1800),
+            member_timeout: Duration::from_secs(7200),
+        })
+    }
+
+    fn creator_join(store: &Store, id: &str, conn: &str) {
+        let req = JoinRequest {
+            session: SessionId::parse(id).unwrap(),
+            user: UserId::parse("u1").unwrap(),
+            display_name: None,
+            public_key: None,
+            is_creator: true,
+            offered_key: Some("key".into()),
+            offered_password: None,
+            mode: ChatMode::Group,
+        };
+        store.join(req, &ConnId::new(conn), 0).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_session_lives_for_the_idle_timeout() {
+        let store = store();
+        store
+            .reserve(SessionId::parse("idle").unwrap(), "k", ChatMode::Group)
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(1799)).await;
+        assert!(store.sweep(tokio::time::Instant::now()).is_empty());
+        assert_eq!(store.session_count(), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            store.sweep(tokio::time::Instant::now()).is_empty(),
+            "nobody to tell"
+        );
+        assert_eq!(store.session_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_with_members_lives_for_the_member_timeout() {
+        let store = store();
+        creator_join(&store, "busy", "c1");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(store.sweep(tokio::time::Instant::now()).is_empty());
+        assert_eq!(store.session_count(), 1);
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        let expired = store.sweep(tokio::time::Instant::now());
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].conns, vec![ConnId::new("c1")]);
+        assert_eq!(store.session_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_postpones_eviction() {
+        let store = store();
+        creator_join(&store, "act", "c1");
+        let (session, user, conn) = (
+            SessionId::parse("act").unwrap(),
+            UserId::parse("u1").unwrap(),
+            ConnId::new("c1"),
+        );
+        tokio::time::advance(Duration::from_secs(7000)).await;
+        store.typing(&session, &user, &conn).unwrap();
+        tokio::time::advance(Duration::from_secs(7000)).await;
+        assert!(store.sweep(tokio::time::Instant::now()).is_empty());
+        assert_eq!(store.session_count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_member_leaving_keeps_the_session_for_the_idle_timeout() {
+        let store = store();
+        creator_join(&store, "left", "c1");
+        let (session, user, conn) = (
+            SessionId::parse("left").unwrap(),
+            UserId::parse("u1").unwrap(),
+            ConnId::new("c1"),
+        );
+        store.leave(&session, &user, &conn).unwrap();
+        tokio::time::advance(Duration::from_secs(1700)).await;
+        store.sweep(tokio::time::Instant::now());
+        assert_eq!(store.session_count(), 1, "a reload can still rejoin");
+        tokio::time::advance(Duration::from_secs(200)).await;
+        store.sweep(tokio::time::Instant::now());
+        assert_eq!(store.session_count(), 0);
+    }
+}

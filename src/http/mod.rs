@@ -1,0 +1,127 @@
+//! The HTTP API: `/health`, `/api/reserve-session`, `/sessions`, and JSON
+//! answers for everything else.
+
+pub mod error;
+pub mod origin;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::domain::{epoch_ms, ChatMode, ReserveError, SessionId, Store};
+pub use error::ApiError;
+
+/// Largest request body the API reads (a reservation is well under 1 KiB).
+pub const MAX_API_BODY_BYTES: usize = 16 * 1024;
+/// Longest `authKey` a reservation takes.
+const MAX_AUTH_KEY_LEN: usize = 512;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    pub store: Store,
+    pub started: Instant,
+    pub debug: bool,
+}
+
+/// The API routes; everything unmatched answers 404 JSON.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/reserve-session", post(reserve_session))
+        .route("/sessions", get(sessions))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
+        .with_state(Arc::new(state))
+}
+
+async fn health(State(state): State<Arc<HttpState>>) -> Json<Value> {
+    let sessions = state.store.session_count();
+    Json(json!({
+        "status": "ok",
+        "uptime": state.started.elapsed().as_secs_f64(),
+        "activeSessions": sessions,
+        "sessions": sessions,
+        "timestamp": epoch_ms(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReserveBody {
+    session_id: Option<Value>,
+    auth_key: Option<Value>,
+    chat_mode: Option<Value>,
+}
+
+async fn reserve_session(
+    State(state): State<Arc<HttpState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(|e| ApiError::from_body_rejection(&e))?;
+    let body: ReserveBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReserveBody {
+            session_id: None,
+            auth_key: None,
+            chat_mode: None,
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|_| ApiError::BadRequest("Invalid JSON body".into()))?
+    };
+    let missing = || ApiError::BadRequest("Missing sessionId or authKey".into());
+    let session_id = non_empty(body.session_id).ok_or_else(missing)?;
+    let auth_key = non_empty(body.auth_key).ok_or_else(missing)?;
+    let session_id = session_id.as_str().and_then(SessionId::parse).ok_or_else(|| {
+        ApiError::BadRequest("sessionId must be 1 to 64 characters of A-Z a-z 0-9 _ -".into())
+    })?;
+    let auth_key = auth_key
+        .as_str()
+        .filter(|k| k.len() <= MAX_AUTH_KEY_LEN)
+        .ok_or_else(|| ApiError::BadRequest("authKey must be a string of at most 512 characters".into()))?;
+    let mode = match body.chat_mode {
+        None | Some(Value::Null) => ChatMode::Group,
+        Some(m) => m
+            .as_str()
+            .and_then(ChatMode::parse)
+            .ok_or_else(|| ApiError::BadRequest("chatMode must be group, private or password".into()))?,
+    };
+    state
+        .store
+        .reserve(session_id.clone(), auth_key, mode)
+        .map_err(|e| match e {
+            ReserveError::Exists => ApiError::Conflict(e.to_string()),
+            ReserveError::Limit => ApiError::Unavailable(e.to_string()),
+        })?;
+    tracing::info!(session = %session_id.log_tag(), mode = mode.as_str(), "session reserved");
+    Ok(Json(json!({
+        "success": true,
+        "sessionId": session_id,
+        "chatMode": mode,
+        "message": "Session reserved successfully",
+    })))
+}
+
+/// A value that is present and not `null`, `""` or `false` (as the original's `!x` test).
+fn non_empty(v: Option<Value>) -> Option<Value> {
+    v.filter(|v| !matches!(v, Value::Null | Value::Bool(false)) && v.as_str() != Some(""))
+}
+
+async fn sessions(State(state): State<Arc<HttpState>>) -> Result<Json<Value>, ApiError> {
+    if !state.debug {
+        return Err(ApiError::NotFound);
+    }
+    Ok(Json(json!(state.store.summaries())))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}

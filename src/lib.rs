@@ -1,0 +1,17 @@
+//! Socket.IO-compatible relay server for an end-to-end-encrypted chat.
+//!
+//! [`Server::start`] builds everything from a [`Config`]: the HTTP API, the
+//! Socket.IO endpoint, the session store and the eviction task. `main.rs`
+//! only reads the configuration, starts logging and waits for a signal.
+
+pub mod config;
+pub mod domain;
+pub mod eviction;
+pub mod healthcheck;
+pub mod http;
+pub mod logging;
+pub mod server;
+pub mod socket;
+
+pub use config::{AllowedOrigins, Config, LogFormat, OriginalContent};
+pub use server::{RunningServer, Server};

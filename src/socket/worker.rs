@@ -1,0 +1,546 @@
+//! One task per socket that handles its events in arrival order.
+//!
+//! The worker owns the socket's binding (which session and user it joined
+//! as); "how an event arrives on the wire" is here, "what it does" is one
+//! [`Store`](crate::domain::Store) method. Emits happen after the store call
+//! returns, never under a lock.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+use socketioxide::extract::SocketRef;
+use socketioxide::SocketIo;
+use tokio::sync::mpsc;
+
+use super::payloads::{self, *};
+use super::queue::Command;
+use super::{conn_room, session_room, App};
+use crate::config::OriginalContent;
+use crate::domain::ids::SessionRef;
+use crate::domain::message::MessageView;
+use crate::domain::store::{JoinKind, JoinRequest, Left, Outgoing, Route};
+use crate::domain::{epoch_ms, ChatMode, ConnId, EventError, JoinError, SessionId, UserId};
+
+/// The session and user a socket joined as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Binding {
+    session: SessionId,
+    user: UserId,
+}
+
+pub struct Worker {
+    socket: SocketRef,
+    io: SocketIo,
+    app: App,
+    conn: ConnId,
+    bound: Option<Binding>,
+}
+
+impl Worker {
+    pub fn new(socket: SocketRef, io: SocketIo, app: App) -> Self {
+        let conn = ConnId::new(socket.id.to_string());
+        Self {
+            socket,
+            io,
+            app,
+            conn,
+            bound: None,
+        }
+    }
+
+    /// Handles commands until the socket's disconnect has been handled.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(command) = rx.recv().await {
+            let last = matches!(command, Command::Disconnect);
+            let event = command_name(&command);
+            // A bug in one handler must not end this socket's worker (its
+            // queue would fill up) or take anything else down.
+            let handled = AssertUnwindSafe(self.handle(command)).catch_unwind().await;
+            if handled.is_err() {
+                tracing::error!(sid = %self.conn, event, "event handler panicked");
+            }
+            if last {
+                break;
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        let result = match command {
+            Command::Join(p) => {
+                self.join(p).await;
+                Ok(())
+            }
+            Command::SendMessage(p) => self.send_message(p).await,
+            Command::GetPublicKeys(p) => self.get_public_keys(p),
+            Command::SavePublicKey(p) => self.save_public_key(p).await,
+            Command::SetSessionKey(p) => self.set_session_key(p).await,
+            Command::FileDownloaded(p) => self.file_downloaded(p).await,
+            Command::Typing(p) => self.typing(p, "user-typing").await,
+            Command::StoppedTyping(p) => self.typing(p, "user-stopped-typing").await,
+            Command::Leave(p) => self.leave(p).await,
+            Command::Invalid { event, reason } => {
+                if event == "join-session" {
+                    self.session_error(&JoinError::InvalidPayload(reason));
+                    Ok(())
+                } else {
+                    Err((event, EventError::InvalidPayload(reason)))
+                }
+            }
+            Command::Unknown { event } => {
+                self.event_error(&event, &EventError::UnknownEvent);
+                Ok(())
+            }
+            Command::Disconnect => {
+                self.disconnect().await;
+                Ok(())
+            }
+        };
+        if let Err((event, error)) = result {
+            self.event_error(event, &error);
+        }
+    }
+
+    async fn join(&mut self, p: payloads::JoinSession) {
+        let req = match join_request(p) {
+            Ok(req) => req,
+            Err(e) => return self.session_error(&e),
+        };
+        let binding = Binding {
+            session: req.session.clone(),
+            user: req.user.clone(),
+        };
+        let joined = match self.app.store.join(req, &self.conn, epoch_ms()) {
+            Ok(joined) => joined,
+            Err(e) => {
+                tracing::info!(session = %binding.session.log_tag(), error = e.code(), "join refused");
+                return self.session_error(&e);
+            }
+        };
+        // A socket holds one binding: joining as someone else leaves the old one.
+        if let Some(previous) = self.bound.take().filter(|b| *b != binding) {
+            self.depart(previous, true).await;
+        }
+        let room = session_room(&binding.session);
+        self.socket.join(room.clone());
+        match &joined.kind {
+            JoinKind::New => {
+                tracing::info!(session = %binding.session.log_tag(), "member joined");
+                let joined_msg = UserEvent {
+                    user_id: &binding.user,
+                    display_name: joined.display_name.as_deref(),
+                    timestamp: Some(joined.timestamp),
+                };
+                self.to_others(&room, "user-joined", &joined_msg).await;
+            }
+            JoinKind::Rejoined { previous } => {
+                tracing::debug!(session = %binding.session.log_tag(), "member rejoined from a new socket");
+                let _ = self.io.to(conn_room(previous)).leave(room.clone()).await;
+            }
+            JoinKind::Repeat => {}
+        }
+        let views: Vec<MessageView<'_>> = joined
+            .history
+            .iter()
+            .map(|m| MessageView {
+                message: m,
+                original_content: (m.from == binding.user)
+                    .then_some(m.original_content.as_ref())
+                    .flatten(),
+            })
+            .collect();
+        self.to_self("messages-history", &views);
+        let metadata = SessionMetadata {
+            chat_mode: joined.mode,
+            encrypted_session_key: joined.encrypted_session_key.as_ref(),
+        };
+        self.to_self("session-metadata", &metadata);
+        self.to_room(&room, "public-keys-updated", &joined.public_keys)
+            .await;
+        self.bound = Some(binding);
+    }
+
+    async fn send_message(&mut self, p: payloads::SendMessage) -> EventResult {
+        const EVENT: &str = "send-message";
+        let b = self.binding(EVENT, p.session_id.as_deref(), p.from.as_deref())?;
+        let invalid = |reason: &str| (EVENT, EventError::InvalidPayload(reason.into()));
+        let encrypted = p
+            .encrypted
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| invalid("encrypted is required"))?;
+        if p.kind.as_ref().is_some_and(|t| t.len() > MAX_TYPE_LEN) {
+            return Err(invalid("type is too long"));
+        }
+        if p.client_message_id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.len() > MAX_CLIENT_MESSAGE_ID_LEN)
+        {
+            return Err(invalid("clientMessageId must be 1 to 128 characters"));
+        }
+        let policy = self.app.original_content;
+        let (echo, kept) = match policy {
+            OriginalContent::Echo => (p.original_content, None),
+            OriginalContent::Author => (p.original_content.clone(), p.original_content),
+            OriginalContent::Drop => (None, None),
+        };
+        let out = Outgoing {
+            to: p.to.map(Into::into),
+            encrypted,
+            original_content: kept,
+            kind: p.kind.map(Into::into),
+            client_message_id: p.client_message_id.map(Into::into),
+        };
+        let sent = self
+            .app
+            .store
+            .send_message(
+                &b.session,
+                &b.user,
+                &self.conn,
+                out,
+                epoch_ms(),
+                policy == OriginalContent::Author,
+            )
+            .map_err(|e| self.refused(EVENT, e))?;
+        let message = &*sent.message;
+        match &sent.route {
+            Route::Others => {
+                self.to_others(&session_room(&b.session), "new-message", message)
+                    .await
+            }
+            Route::Conn(conn) => self.to_room(&conn_room(conn), "new-message", message).await,
+        }
+        if sent.is_new {
+            let view = MessageView {
+                message,
+                original_content: echo.as_ref(),
+            };
+            self.to_self("message-sent", &view);
+        }
+        Ok(())
+    }
+
+    /// Before joining, the stock client asks once: an unbound socket gets `[]`.
+    fn get_public_keys(&mut self, p: payloads::SessionUser) -> EventResult {
+        const EVENT: &str = "get-public-keys";
+        let keys = match self.binding(EVENT, p.session_id.as_deref(), p.user_id.as_deref()) {
+            Ok(b) => self.app.store.public_keys_for(&b.session, &b.user, &self.conn),
+            Err((_, EventError::NotInSession | EventError::InvalidPayload(_))) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        self.to_self("public-keys-updated", &keys);
+        Ok(())
+    }
+
+    async fn save_public_key(&mut self, p: payloads::SavePublicKey) -> EventResult {
+        const EVENT: &str = "save-public-key";
+        let b = self.binding(EVENT, p.session_id.as_deref(), p.user_id.as_deref())?;
+        let key = p.public_key.unwrap_or(Value::Null);
+        if json_len(&key) > MAX_PUBLIC_KEY_BYTES {
+            return Err((EVENT, EventError::InvalidPayload("publicKey is too large".into())));
+        }
+        let name = display_name(p.display_name).map_err(|e| (EVENT, e))?;
+        let keys = self
+            .app
+            .store
+            .save_public_key(&b.session, &b.user, &self.conn, key, name)
+            .map_err(|e| self.refused(EVENT, e))?;
+        self.to_room(&session_room(&b.session), "public-keys-updated", &keys)
+            .await;
+        Ok(())
+    }
+
+    async fn set_session_key(&mut self, p: payloads::SetSessionKey) -> EventResult {
+        const EVENT: &str = "set-session-key";
+        let b = self.binding(EVENT, p.session_id.as_deref(), None)?;
+        let invalid = || {
+            (
+                EVENT,
+                EventError::InvalidPayload("encryptedKeys must map user ids to strings".into()),
+            )
+        };
+        let Some(Value::Object(keys)) = p.encrypted_keys else {
+            return Err(invalid());
+        };
+        if !keys.values().all(Value::is_string) {
+            return Err(invalid());
+        }
+        if keys.iter().map(|(k, v)| k.len() + json_len(v)).sum::<usize>() > MAX_WRAPPED_KEYS_BYTES {
+            return Err((
+                EVENT,
+                EventError::InvalidPayload("encryptedKeys is too large".into()),
+            ));
+        }
+        let keys = self
+            .app
+            .store
+            .set_session_key(&b.session, &b.user, &self.conn, keys)
+            .map_err(|e| self.refused(EVENT, e))?;
+        self.to_room(
+            &session_room(&b.session),
+            "session-key-available",
+            &json!({ "encryptedKeys": &*keys }),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn file_downloaded(&mut self, p: payloads::FileDownloaded) -> EventResult {
+        const EVENT: &str = "file-downloaded";
+        let b = self.binding(EVENT, p.session_id.as_deref(), p.downloaded_by.as_deref())?;
+        let invalid = |reason: &str| (EVENT, EventError::InvalidPayload(reason.into()));
+        let sender = p.sender_id.ok_or_else(|| invalid("senderId is required"))?;
+        let file_name = p.file_name.unwrap_or_default();
+        if file_name.len() > MAX_FILE_NAME_LEN {
+            return Err(invalid("fileName is too long"));
+        }
+        let target = self
+            .app
+            .store
+            .download_target(&b.session, &b.user, &self.conn, &sender)
+            .map_err(|e| self.refused(EVENT, e))?;
+        let timestamp = match p.timestamp {
+            Some(Value::Number(n)) => Value::Number(n),
+            _ => Value::from(epoch_ms()),
+        };
+        let notice = json!({ "downloadedBy": b.user, "fileName": file_name, "timestamp": timestamp });
+        self.to_room(&conn_room(&target), "download-notification", &notice)
+            .await;
+        Ok(())
+    }
+
+    /// `typing` / `stopped-typing`: dropped silently from a non-member.
+    async fn typing(&mut self, p: payloads::SessionUser, out_event: &'static str) -> EventResult {
+        let event = if out_event == "user-typing" {
+            "typing"
+        } else {
+            "stopped-typing"
+        };
+        let b = match self.binding(event, p.session_id.as_deref(), p.user_id.as_deref()) {
+            Ok(b) => b,
+            Err((_, EventError::NotInSession)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Ok(stored_name) = self.app.store.typing(&b.session, &b.user, &self.conn) else {
+            self.bound = None;
+            return Ok(());
+        };
+        let offered = p.display_name.filter(|n| n.len() <= MAX_DISPLAY_NAME_LEN);
+        let name = stored_name.as_deref().or(offered.as_deref());
+        let notice = UserEvent {
+            user_id: &b.user,
+            display_name: name,
+            timestamp: None,
+        };
+        self.to_others(&session_room(&b.session), out_event, &notice)
+            .await;
+        Ok(())
+    }
+
+    async fn leave(&mut self, p: payloads::SessionUser) -> EventResult {
+        const EVENT: &str = "leave-session";
+        let b = self.binding(EVENT, p.session_id.as_deref(), p.user_id.as_deref())?;
+        self.bound = None;
+        self.depart(b, true).await;
+        Ok(())
+    }
+
+    async fn disconnect(&mut self) {
+        if let Some(b) = self.bound.take() {
+            self.depart(b, false).await;
+        }
+    }
+
+    /// Removes the member (if this socket is still its current one) and
+    /// tells the room; `still_connected` sockets also leave the room.
+    async fn depart(&mut self, b: Binding, still_connected: bool) {
+        let room = session_room(&b.session);
+        let left = if still_connected {
+            self.app.store.leave(&b.session, &b.user, &self.conn).ok()
+        } else {
+            self.app.store.disconnect(&b.session, &b.user, &self.conn)
+        };
+        if let Some(Left {
+            display_name,
+            public_keys,
+        }) = left
+        {
+            tracing::info!(session = %b.session.log_tag(), "member left");
+            let notice = UserEvent {
+                user_id: &b.user,
+                display_name: display_name.as_deref(),
+                timestamp: Some(epoch_ms()),
+            };
+            self.to_others(&room, "user-left", &notice).await;
+            self.to_room(&room, "public-keys-updated", &public_keys).await;
+        }
+        if still_connected {
+            self.socket.leave(room);
+        }
+    }
+
+    /// Checks that this socket joined the event's session as the claimed user.
+    fn binding(
+        &mut self,
+        event: &'static str,
+        session: Option<&str>,
+        claimed: Option<&str>,
+    ) -> Result<Binding, (&'static str, EventError)> {
+        let raw = session.ok_or((event, EventError::InvalidPayload("sessionId is required".into())))?;
+        let b = self.bound.as_ref().ok_or((event, EventError::NotInSession))?;
+        if SessionRef::split(raw).id != b.session.as_str() {
+            return Err((event, EventError::NotInSession));
+        }
+        if claimed.is_some_and(|u| u != b.user.as_str()) {
+            return Err((
+                event,
+                EventError::NotAllowed("The user id does not match the joined user."),
+            ));
+        }
+        Ok(b.clone())
+    }
+
+    /// Maps a store refusal; `NotInSession` means this socket was replaced or
+    /// evicted, so its binding is dropped.
+    fn refused(&mut self, event: &'static str, e: EventError) -> (&'static str, EventError) {
+        if e == EventError::NotInSession {
+            self.bound = None;
+        }
+        (event, e)
+    }
+
+    fn session_error(&self, e: &JoinError) {
+        self.to_self(
+            "session-error",
+            &json!({ "error": e.code(), "message": e.to_string() }),
+        );
+    }
+
+    fn event_error(&self, event: &str, e: &EventError) {
+        tracing::debug!(sid = %self.conn, event, error = e.code(), "event refused");
+        self.to_self(
+            "event-error",
+            &json!({ "event": event, "error": e.code(), "message": e.to_string() }),
+        );
+    }
+
+    fn to_self<T: Serialize + ?Sized>(&self, event: &str, data: &T) {
+        if let Err(e) = self.socket.emit(event, data) {
+            tracing::debug!(sid = %self.conn, event, error = %e, "emit to socket failed");
+        }
+    }
+
+    async fn to_room<T: Serialize + ?Sized>(&self, room: &str, event: &str, data: &T) {
+        if let Err(e) = self.io.to(room.to_owned()).emit(event, data).await {
+            tracing::debug!(event, error = %e, "room emit failed");
+        }
+    }
+
+    async fn to_others<T: Serialize + ?Sized>(&self, room: &str, event: &str, data: &T) {
+        if let Err(e) = self.socket.to(room.to_owned()).emit(event, data).await {
+            tracing::debug!(event, error = %e, "room emit failed");
+        }
+    }
+}
+
+type EventResult = Result<(), (&'static str, EventError)>;
+
+/// `user-joined`, `user-left`, `user-typing` and `user-stopped-typing`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserEvent<'a> {
+    user_id: &'a UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionMetadata<'a> {
+    chat_mode: ChatMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encrypted_session_key: Option<&'a Value>,
+}
+
+/// Validates a `join-session` payload (step 1 of the contract).
+fn join_request(p: payloads::JoinSession) -> Result<JoinRequest, JoinError> {
+    let invalid = |reason: &str| JoinError::InvalidPayload(reason.into());
+    let raw = p
+        .session_id
+        .ok_or_else(|| invalid("sessionId must be a string"))?;
+    let user = p.user_id.ok_or_else(|| invalid("userId must be a string"))?;
+    let user = UserId::parse(&user).ok_or_else(|| invalid("userId must be 1 to 128 printable characters"))?;
+    let is_creator = p.is_creator.is_some_and(|v| v.as_bool().unwrap_or(!v.is_null()));
+    let parts = SessionRef::split(&raw);
+    let session = match SessionId::parse(parts.id) {
+        Some(id) => id,
+        // Such an id can never have been created, so a joiner simply finds nothing.
+        None if !is_creator => return Err(JoinError::SessionNotFound),
+        None => return Err(invalid("sessionId must be 1 to 64 characters of A-Z a-z 0-9 _ -")),
+    };
+    let offered_key = p.auth_key.or_else(|| parts.suffix_key.map(str::to_owned));
+    if offered_key.as_ref().is_some_and(|k| k.len() > MAX_AUTH_KEY_LEN)
+        || parts.password.is_some_and(|pw| pw.len() > MAX_AUTH_KEY_LEN)
+    {
+        return Err(invalid("authKey is too long"));
+    }
+    if p.public_key
+        .as_ref()
+        .is_some_and(|k| json_len(k) > MAX_PUBLIC_KEY_BYTES)
+    {
+        return Err(invalid("publicKey is too large"));
+    }
+    let mode = match p.chat_mode.as_deref() {
+        None => ChatMode::Group,
+        Some(m) => {
+            ChatMode::parse(m).ok_or_else(|| invalid("chatMode must be group, private or password"))?
+        }
+    };
+    Ok(JoinRequest {
+        session,
+        user,
+        display_name: display_name(p.display_name).map_err(|_| invalid("displayName is too long"))?,
+        public_key: p.public_key,
+        is_creator,
+        offered_key,
+        offered_password: parts.password.map(str::to_owned),
+        mode,
+    })
+}
+
+fn display_name(name: Option<String>) -> Result<Option<Arc<str>>, EventError> {
+    match name {
+        Some(n) if n.len() > MAX_DISPLAY_NAME_LEN => {
+            Err(EventError::InvalidPayload("displayName is too long".into()))
+        }
+        Some(n) if n.is_empty() => Ok(None),
+        n => Ok(n.map(Into::into)),
+    }
+}
+
+/// Serialized length of a small JSON value, for size limits.
+fn json_len(v: &Value) -> usize {
+    serde_json::to_vec(v).map_or(usize::MAX, |b| b.len())
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Join(_) => "join-session",
+        Command::SendMessage(_) => "send-message",
+        Command::GetPublicKeys(_) => "get-public-keys",
+        Command::SavePublicKey(_) => "save-public-key",
+        Command::SetSessionKey(_) => "set-session-key",
+        Command::FileDownloaded(_) => "file-downloaded",
+        Command::Typing(_) => "typing",
+        Command::StoppedTyping(_) => "stopped-typing",
+        Command::Leave(_) => "leave-session",
+        Command::Invalid { event, .. } => event,
+        Command::Unknown { .. } => "unknown",
+        Command::Disconnect => "disconnect",
+    }
+}

@@ -146,8 +146,36 @@ pub struct Config {
     pub max_history_messages: usize,
     /// `MAX_HISTORY_BYTES`: ciphertext bytes kept per session (oldest go first).
     pub max_history_bytes: usize,
+    /// `MAX_TOTAL_HISTORY_BYTES`: history bytes of all sessions together; past it
+    /// the oldest messages of the largest sessions go first.
+    pub max_total_history_bytes: usize,
     /// `REDIS_URL`: unset runs the embedded in-memory store.
     pub redis_url: Option<String>,
+    /// `MAX_CONNECTIONS`: open TCP connections at once; more wait in the backlog.
+    pub max_connections: usize,
+    /// `HEADER_READ_TIMEOUT_SECS`: time a client has to send a request's headers (slowloris).
+    pub header_read_timeout: Duration,
+    /// `API_REQUEST_TIMEOUT_SECS`: time an HTTP API request may take.
+    pub api_request_timeout: Duration,
+    /// `TRUST_PROXY`: header carrying the client IP set by a trusted reverse proxy
+    /// (e.g. `x-forwarded-for`; its last entry is used). Unset: the peer address.
+    pub trust_proxy: Option<http::HeaderName>,
+    /// `MAX_SOCKETS_PER_IP`: open Socket.IO connections per client IP (0 = no limit).
+    pub max_sockets_per_ip: usize,
+    /// `HANDSHAKE_RATE_PER_IP`: new Socket.IO connections per client IP per minute (0 = no limit).
+    pub handshake_rate_per_ip: u32,
+    /// `RESERVE_RATE_PER_IP`: reservations per client IP per minute (0 = no limit).
+    pub reserve_rate_per_ip: u32,
+    /// `SEND_RATE_PER_SOCKET`: sustained `send-message` per second per socket (0 = no limit).
+    pub send_rate_per_socket: u32,
+    /// `SEND_BURST_PER_SOCKET`: `send-message` a socket may send at once.
+    pub send_burst_per_socket: u32,
+    /// `JOIN_RATE_PER_MIN`: `join-session` per socket per minute (0 = no limit).
+    pub join_rate_per_min: u32,
+    /// `TYPING_RATE_PER_MIN`: `typing`/`stopped-typing` per socket per minute (0 = no limit).
+    pub typing_rate_per_min: u32,
+    /// `KEY_RATE_PER_MIN`: key events and download notices per socket per minute (0 = no limit).
+    pub key_rate_per_min: u32,
 }
 
 impl Default for Config {
@@ -172,7 +200,20 @@ impl Default for Config {
             max_group_members: 100,
             max_history_messages: 1_000,
             max_history_bytes: 64 * 1024 * 1024,
+            max_total_history_bytes: 1024 * 1024 * 1024,
             redis_url: None,
+            max_connections: 20_000,
+            header_read_timeout: Duration::from_secs(10),
+            api_request_timeout: Duration::from_secs(10),
+            trust_proxy: None,
+            max_sockets_per_ip: 200,
+            handshake_rate_per_ip: 300,
+            reserve_rate_per_ip: 30,
+            send_rate_per_socket: 30,
+            send_burst_per_socket: 300,
+            join_rate_per_min: 60,
+            typing_rate_per_min: 600,
+            key_rate_per_min: 120,
         }
     }
 }
@@ -223,7 +264,25 @@ impl Config {
             })?,
             max_history_messages: env.parse("MAX_HISTORY_MESSAGES", defaults.max_history_messages)?,
             max_history_bytes: env.parse("MAX_HISTORY_BYTES", defaults.max_history_bytes)?,
+            max_total_history_bytes: env
+                .positive("MAX_TOTAL_HISTORY_BYTES", defaults.max_total_history_bytes)?,
             redis_url: env.get("REDIS_URL"),
+            max_connections: env.positive("MAX_CONNECTIONS", defaults.max_connections)?,
+            header_read_timeout: env.secs("HEADER_READ_TIMEOUT_SECS", defaults.header_read_timeout)?,
+            api_request_timeout: env.secs("API_REQUEST_TIMEOUT_SECS", defaults.api_request_timeout)?,
+            trust_proxy: env.with("TRUST_PROXY", None, |v| {
+                http::HeaderName::from_bytes(v.to_ascii_lowercase().as_bytes())
+                    .map(Some)
+                    .map_err(|_| "expected a header name such as x-forwarded-for".into())
+            })?,
+            max_sockets_per_ip: env.parse("MAX_SOCKETS_PER_IP", defaults.max_sockets_per_ip)?,
+            handshake_rate_per_ip: env.parse("HANDSHAKE_RATE_PER_IP", defaults.handshake_rate_per_ip)?,
+            reserve_rate_per_ip: env.parse("RESERVE_RATE_PER_IP", defaults.reserve_rate_per_ip)?,
+            send_rate_per_socket: env.parse("SEND_RATE_PER_SOCKET", defaults.send_rate_per_socket)?,
+            send_burst_per_socket: env.positive("SEND_BURST_PER_SOCKET", defaults.send_burst_per_socket)?,
+            join_rate_per_min: env.parse("JOIN_RATE_PER_MIN", defaults.join_rate_per_min)?,
+            typing_rate_per_min: env.parse("TYPING_RATE_PER_MIN", defaults.typing_rate_per_min)?,
+            key_rate_per_min: env.parse("KEY_RATE_PER_MIN", defaults.key_rate_per_min)?,
         };
         if config.max_payload_bytes > u64::from(u32::MAX) {
             return Err(ConfigError {
@@ -333,6 +392,9 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("HOST", "not-an-ip"),
             ("MAX_GROUP_MEMBERS", "1"),
+            ("TRUST_PROXY", "bad header"),
+            ("SEND_RATE_PER_SOCKET", "fast"),
+            ("MAX_CONNECTIONS", "0"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name);

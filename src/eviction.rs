@@ -1,23 +1,36 @@
 //! The background sweep that evicts idle sessions (CONTRACT.md section 4).
 
+use std::sync::Arc;
+
 use serde_json::json;
 use socketioxide::SocketIo;
 use tokio::time::{self, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{JoinError, Store};
+use crate::limits::IpLimiter;
 use crate::socket::{conn_room, session_room};
 
 /// Sweeps every `interval` until `stop` is cancelled. Members of a session
 /// evicted while they are still connected are told `SESSION_EXPIRED` and
 /// removed from its room.
-pub async fn run(store: Store, io: SocketIo, interval: std::time::Duration, stop: CancellationToken) {
+/// Also prunes the per-IP rate limiters, so their state stays bounded.
+pub async fn run(
+    store: Store,
+    io: SocketIo,
+    limiters: Vec<Arc<IpLimiter>>,
+    interval: std::time::Duration,
+    stop: CancellationToken,
+) {
     let mut ticks = time::interval_at(Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = ticks.tick() => {}
+        }
+        for limiter in &limiters {
+            limiter.prune();
         }
         let before = store.session_count();
         let expired = store.sweep(Instant::now());
@@ -51,6 +64,7 @@ mod tests {
             max_group_members: 10,
             max_history_messages: 10,
             max_history_bytes: 1 << 20,
+            max_total_history_bytes: 1 << 30,
             idle_timeout: Duration::from_secs(1800),
             member_timeout: Duration::from_secs(7200),
         })

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod eviction;
 pub mod healthcheck;
 pub mod http;
+pub mod limits;
 pub mod logging;
 pub mod server;
 pub mod socket;

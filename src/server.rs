@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::Method;
-use axum::Router;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -20,13 +19,15 @@ use crate::config::{AllowedOrigins, Config};
 use crate::domain::store::Limits;
 use crate::domain::Store;
 use crate::eviction;
-use crate::http::{self, origin, HttpState};
+use crate::http::serve::{self, Frontdoor, ServeLimits};
+use crate::http::{self, HttpState};
+use crate::limits::{IpLimiter, Rate};
 use crate::socket::{self, App};
 
 /// How long shutdown waits for sockets' departures to be handled.
 const DRAIN_WORKERS_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long shutdown waits for open HTTP requests to finish.
-const DRAIN_HTTP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long shutdown waits for the accept loop to let connections finish.
+const DRAIN_HTTP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long browsers may cache a CORS preflight answer.
 const CORS_MAX_AGE: Duration = Duration::from_secs(600);
 
@@ -38,7 +39,7 @@ pub struct RunningServer {
     addr: SocketAddr,
     io: SocketIo,
     stop: CancellationToken,
-    http: JoinHandle<std::io::Result<()>>,
+    http: JoinHandle<()>,
     eviction: JoinHandle<()>,
     workers: TaskTracker,
 }
@@ -56,28 +57,35 @@ impl Server {
             max_group_members: config.max_group_members,
             max_history_messages: config.max_history_messages,
             max_history_bytes: config.max_history_bytes,
+            max_total_history_bytes: config.max_total_history_bytes,
             idle_timeout: config.session_idle_timeout,
             member_timeout: config.session_member_timeout,
         });
         let workers = TaskTracker::new();
-        let app = App {
-            store: store.clone(),
-            original_content: config.original_content,
-            workers: workers.clone(),
-        };
-        let (socket_layer, io) = socket::layer(&config, app);
+        let app = App::new(&config, store.clone(), workers.clone());
+        let (socket_io, io) = socket::service(&config, app);
 
+        let reservations = Arc::new(IpLimiter::new(per_minute_or_unlimited(
+            config.reserve_rate_per_ip,
+        )));
+        let handshakes = Arc::new(IpLimiter::new(per_minute_or_unlimited(
+            config.handshake_rate_per_ip,
+        )));
         let api = http::router(HttpState {
             store: store.clone(),
             started: Instant::now(),
             debug: config.debug,
+            reservations: reservations.clone(),
+            request_timeout: config.api_request_timeout,
         })
         .layer(TraceLayer::new_for_http());
-        let allowed = Arc::new(config.client_origins.clone());
-        let service: Router = api
-            .layer(socket_layer)
-            .layer(axum::middleware::from_fn_with_state(allowed, origin::guard))
-            .layer(cors(&config.client_origins));
+        let frontdoor = Frontdoor {
+            socket_io,
+            api,
+            allowed_origins: Arc::new(config.client_origins.clone()),
+            trust_proxy: config.trust_proxy.clone(),
+            handshakes: handshakes.clone(),
+        };
 
         let listener = TcpListener::bind((config.host, config.port))
             .await
@@ -90,11 +98,21 @@ impl Server {
         let addr = listener.local_addr()?;
 
         let stop = CancellationToken::new();
-        let serve = axum::serve(listener, service).with_graceful_shutdown(stop.clone().cancelled_owned());
-        let http = tokio::spawn(async move { serve.await });
+        let limits = ServeLimits {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+        };
+        let http = tokio::spawn(serve::serve(
+            listener,
+            frontdoor,
+            cors(&config.client_origins),
+            limits,
+            stop.clone(),
+        ));
         let eviction = tokio::spawn(eviction::run(
             store,
             io.clone(),
+            vec![reservations, handshakes],
             config.cleanup_interval,
             stop.clone(),
         ));
@@ -106,6 +124,14 @@ impl Server {
             eviction,
             workers,
         })
+    }
+}
+
+fn per_minute_or_unlimited(per_min: u32) -> Rate {
+    if per_min == 0 {
+        Rate::UNLIMITED
+    } else {
+        Rate::per_minute(per_min)
     }
 }
 
@@ -130,9 +156,7 @@ impl RunningServer {
         }
         let _ = self.eviction.await;
         self.io.close().await;
-        if timeout(DRAIN_HTTP_TIMEOUT, self.http).await.is_err() {
-            tracing::debug!("open HTTP connections were dropped at shutdown");
-        }
+        let _ = timeout(DRAIN_HTTP_TIMEOUT, self.http).await;
         tracing::info!("shut down");
     }
 }

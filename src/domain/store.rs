@@ -10,7 +10,7 @@
 //! [`write`], which recover the guard.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ pub struct Limits {
     pub max_group_members: usize,
     pub max_history_messages: usize,
     pub max_history_bytes: usize,
+    /// History bytes of all sessions together.
+    pub max_total_history_bytes: usize,
     pub idle_timeout: Duration,
     pub member_timeout: Duration,
 }
@@ -48,6 +50,8 @@ struct Shared {
     sessions: RwLock<HashMap<SessionId, Arc<Mutex<Session>>>>,
     /// Creation counter, for the debug listing's order.
     next_seq: AtomicU64,
+    /// History bytes of all sessions, changed only under a session's lock.
+    total_history_bytes: AtomicUsize,
     limits: Limits,
 }
 
@@ -194,6 +198,7 @@ impl Store {
             shared: Arc::new(Shared {
                 sessions: RwLock::new(HashMap::new()),
                 next_seq: AtomicU64::new(0),
+                total_history_bytes: AtomicUsize::new(0),
                 limits,
             }),
         }
@@ -376,7 +381,7 @@ impl Store {
         keep_original: bool,
     ) -> Result<Sent, EventError> {
         let limits = &self.shared.limits;
-        self.with_member(session, from, conn, |s| {
+        let sent = self.with_member(session, from, conn, |s| {
             let route = match out.to.as_deref() {
                 None | Some("all") => Route::Others,
                 Some(to) => match s.members.iter().find(|(id, _)| id.as_str() == to) {
@@ -399,14 +404,43 @@ impl Store {
                 original_content: if keep_original { out.original_content } else { None },
             });
             if is_new {
-                s.push_history(message.clone(), limits);
+                s.push_history(message.clone(), limits, &self.shared.total_history_bytes);
             }
             Ok(Sent {
                 message,
                 is_new,
                 route,
             })
-        })
+        });
+        if self.total_history_bytes() > limits.max_total_history_bytes {
+            self.enforce_history_budget();
+        }
+        sent
+    }
+
+    /// History bytes held by all sessions.
+    pub fn total_history_bytes(&self) -> usize {
+        self.shared.total_history_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Drops the oldest messages of the largest sessions until all history
+    /// fits `MAX_TOTAL_HISTORY_BYTES`. Runs only when over the budget.
+    fn enforce_history_budget(&self) {
+        let budget = self.shared.limits.max_total_history_bytes;
+        let total = &self.shared.total_history_bytes;
+        while total.load(Ordering::Relaxed) > budget {
+            let sessions: Vec<_> = read(&self.shared.sessions).values().cloned().collect();
+            let Some(largest) = sessions.iter().max_by_key(|s| lock(s).history_bytes) else {
+                return;
+            };
+            let mut s = lock(largest);
+            if s.history.is_empty() {
+                return;
+            }
+            while total.load(Ordering::Relaxed) > budget && !s.history.is_empty() {
+                s.pop_oldest(total);
+            }
+        }
     }
 
     /// `file-downloaded`: the socket of the member `sender` gets the notification.
@@ -471,6 +505,9 @@ impl Store {
             if idle < timeout {
                 return true;
             }
+            self.shared
+                .total_history_bytes
+                .fetch_sub(s.history_bytes, Ordering::Relaxed);
             if !s.members.is_empty() {
                 let conns = s.members.values().map(|m| m.conn.clone()).collect();
                 expired.push(Expired {
@@ -595,15 +632,25 @@ impl Session {
     }
 
     /// Appends to history, dropping the oldest messages past either bound.
-    fn push_history(&mut self, message: Arc<Message>, limits: &Limits) {
-        self.history_bytes += message.weight();
+    fn push_history(&mut self, message: Arc<Message>, limits: &Limits, total: &AtomicUsize) {
+        let weight = message.weight();
+        self.history_bytes += weight;
+        total.fetch_add(weight, Ordering::Relaxed);
         self.history_ids.insert(message.id.clone());
         self.history.push_back(message);
-        while self.history.len() > limits.max_history_messages
-            || (self.history_bytes > limits.max_history_bytes && !self.history.is_empty())
+        while !self.history.is_empty()
+            && (self.history.len() > limits.max_history_messages
+                || self.history_bytes > limits.max_history_bytes)
         {
-            let old = self.history.pop_front().expect("non-empty");
-            self.history_bytes -= old.weight();
+            self.pop_oldest(total);
+        }
+    }
+
+    fn pop_oldest(&mut self, total: &AtomicUsize) {
+        if let Some(old) = self.history.pop_front() {
+            let weight = old.weight();
+            self.history_bytes -= weight;
+            total.fetch_sub(weight, Ordering::Relaxed);
             self.history_ids.remove(&old.id);
         }
     }

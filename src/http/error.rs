@@ -18,6 +18,10 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("{0}")]
     Unavailable(String),
+    #[error("Too many requests, retry later")]
+    TooManyRequests(std::time::Duration),
+    #[error("Request timed out")]
+    Timeout,
 }
 
 impl ApiError {
@@ -37,12 +41,19 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+        let mut res = (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
+        if let Self::TooManyRequests(wait) = self {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, super::serve::retry_after(wait));
+        }
+        res
     }
 }

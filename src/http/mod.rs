@@ -2,21 +2,25 @@
 //! answers for everything else.
 
 pub mod error;
-pub mod origin;
+pub mod serve;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::domain::{epoch_ms, ChatMode, ReserveError, SessionId, Store};
+use crate::limits::IpLimiter;
 pub use error::ApiError;
+use serve::ClientIp;
 
 /// Largest request body the API reads (a reservation is well under 1 KiB).
 pub const MAX_API_BODY_BYTES: usize = 16 * 1024;
@@ -29,10 +33,15 @@ pub struct HttpState {
     pub store: Store,
     pub started: Instant,
     pub debug: bool,
+    /// Reservations per client IP.
+    pub reservations: Arc<IpLimiter>,
+    /// Longest an API request may take.
+    pub request_timeout: std::time::Duration,
 }
 
 /// The API routes; everything unmatched answers 404 JSON.
 pub fn router(state: HttpState) -> Router {
+    let state = Arc::new(state);
     Router::new()
         .route("/health", get(health))
         .route("/api/reserve-session", post(reserve_session))
@@ -40,7 +49,17 @@ pub fn router(state: HttpState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
-        .with_state(Arc::new(state))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        .with_state(state)
+}
+
+/// Answers 408 JSON when a request takes longer than `API_REQUEST_TIMEOUT_SECS`
+/// (a body trickled in slowly, for instance).
+async fn time_limit(State(state): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
 }
 
 async fn health(State(state): State<Arc<HttpState>>) -> Json<Value> {
@@ -65,8 +84,12 @@ struct ReserveBody {
 
 async fn reserve_session(
     State(state): State<Arc<HttpState>>,
+    ip: Option<Extension<ClientIp>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(Extension(ClientIp(ip))) = ip {
+        state.reservations.check(ip).map_err(ApiError::TooManyRequests)?;
+    }
     let body = body.map_err(|e| ApiError::from_body_rejection(&e))?;
     let body: ReserveBody = if body.iter().all(u8::is_ascii_whitespace) {
         ReserveBody {

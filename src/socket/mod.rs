@@ -8,19 +8,28 @@ pub mod payloads;
 pub mod queue;
 pub mod worker;
 
-use std::convert::Infallible;
+use std::sync::Arc;
 
+use engineioxide::service::NotFoundService;
 use socketioxide::extract::{SocketRef, State};
 use socketioxide::handler::ConnectHandler;
-use socketioxide::layer::SocketIoLayer;
+use socketioxide::service::SocketIoService;
 use socketioxide::SocketIo;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, OriginalContent};
 use crate::domain::{ConnId, SessionId, Store};
+use crate::http::serve::ClientIp;
+use crate::limits::{IpCounter, Rate};
 use queue::{Command, Enqueue, EnqueueUnknown, QUEUE_CAPACITY};
 use worker::Worker;
+
+/// Packets one socket may have waiting to be written. A long-polling client
+/// collects everything sent between two polls, so this must hold a pasted
+/// burst of a few hundred messages; a socket that still overflows it is a
+/// slow consumer and is disconnected.
+const OUTGOING_BUFFER_PACKETS: usize = 1024;
 
 /// What every socket handler shares.
 #[derive(Clone)]
@@ -29,6 +38,54 @@ pub struct App {
     pub original_content: OriginalContent,
     /// The per-socket workers, awaited on shutdown.
     pub workers: TaskTracker,
+    /// Open sockets per client IP.
+    pub sockets_per_ip: Arc<IpCounter>,
+    pub max_sockets_per_ip: usize,
+    /// Open sockets in all.
+    pub max_sockets: usize,
+    pub rates: EventRates,
+}
+
+/// Per-socket rates of the events that are rate limited.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRates {
+    pub send: Rate,
+    pub join: Rate,
+    pub typing: Rate,
+    pub keys: Rate,
+}
+
+impl App {
+    pub fn new(config: &Config, store: Store, workers: TaskTracker) -> Self {
+        let per_min = |n: u32| {
+            if n == 0 {
+                Rate::UNLIMITED
+            } else {
+                Rate::per_minute(n)
+            }
+        };
+        let send = match config.send_rate_per_socket {
+            0 => Rate::UNLIMITED,
+            n => Rate {
+                per_sec: f64::from(n),
+                burst: f64::from(config.send_burst_per_socket),
+            },
+        };
+        Self {
+            store,
+            original_content: config.original_content,
+            workers,
+            sockets_per_ip: Arc::default(),
+            max_sockets_per_ip: config.max_sockets_per_ip,
+            max_sockets: config.max_connections,
+            rates: EventRates {
+                send,
+                join: per_min(config.join_rate_per_min),
+                typing: per_min(config.typing_rate_per_min),
+                keys: per_min(config.key_rate_per_min),
+            },
+        }
+    }
 }
 
 /// The room of a session's members.
@@ -41,10 +98,10 @@ pub fn conn_room(conn: &ConnId) -> String {
     format!("c:{conn}")
 }
 
-/// Builds the socketioxide layer with the contract's Engine.IO settings.
-pub fn layer(config: &Config, app: App) -> (SocketIoLayer, SocketIo) {
+/// Builds the socketioxide service with the contract's Engine.IO settings.
+pub fn service(config: &Config, app: App) -> (SocketIoService<NotFoundService>, SocketIo) {
     let max = config.max_payload_bytes;
-    let (layer, io) = SocketIo::builder()
+    let (service, io) = SocketIo::builder()
         .ping_interval(config.ping_interval)
         .ping_timeout(config.ping_timeout)
         // Polling bodies...
@@ -53,10 +110,11 @@ pub fn layer(config: &Config, app: App) -> (SocketIoLayer, SocketIo) {
         // on, never buffered whole (SOCKETIOXIDE-NOTES.md, point 3).
         .ws_max_message_size(max as usize)
         .ws_max_frame_size(max as usize)
+        .max_buffer_size(OUTGOING_BUFFER_PACKETS)
         .with_state(app)
-        .build_layer();
+        .build_svc();
     io.ns("/", on_connect.with(register_handlers));
-    (layer, io)
+    (service, io)
 }
 
 /// Nothing to do once connected: everything was set up by the middleware.
@@ -71,7 +129,18 @@ async fn register_handlers(
     socket: SocketRef,
     io: SocketIo,
     State(app): State<App>,
-) -> Result<(), Infallible> {
+) -> Result<(), &'static str> {
+    let ip = socket.req_parts().extensions.get::<ClientIp>().map(|ip| ip.0);
+    if let Some(ip) = ip {
+        if app.sockets_per_ip.total() >= app.max_sockets {
+            tracing::warn!("refused a socket: MAX_CONNECTIONS sockets are open");
+            return Err("Server full");
+        }
+        if !app.sockets_per_ip.try_add(ip, app.max_sockets_per_ip) {
+            tracing::info!(%ip, "refused a socket: MAX_SOCKETS_PER_IP reached");
+            return Err("Too many connections from this address");
+        }
+    }
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     socket.join(conn_room(&ConnId::new(socket.id.to_string())));
     macro_rules! on {
@@ -102,6 +171,12 @@ async fn register_handlers(
         let _ = tx.send(Command::Disconnect).await;
     });
     let worker = Worker::new(socket, io, app.clone());
-    app.workers.spawn(worker.run(rx));
+    let workers = app.workers.clone();
+    workers.spawn(async move {
+        worker.run(rx).await;
+        if let Some(ip) = ip {
+            app.sockets_per_ip.remove(ip);
+        }
+    });
     Ok(())
 }

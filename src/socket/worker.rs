@@ -12,8 +12,9 @@ use futures_util::FutureExt;
 use serde::Serialize;
 use serde_json::{json, Value};
 use socketioxide::extract::SocketRef;
-use socketioxide::SocketIo;
+use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::payloads::{self, *};
 use super::queue::Command;
@@ -23,6 +24,37 @@ use crate::domain::ids::SessionRef;
 use crate::domain::message::MessageView;
 use crate::domain::store::{JoinKind, JoinRequest, Left, Outgoing, Route};
 use crate::domain::{epoch_ms, ChatMode, ConnId, EventError, JoinError, SessionId, UserId};
+use crate::limits::{Bucket, Rate};
+
+/// Payloads at least this large are encoded once and shared by a room
+/// broadcast. Smaller ones go to each recipient on its own, so that a
+/// recipient whose outgoing buffer is full is noticed and disconnected (a
+/// slow consumer must not make the server buffer without bound).
+const SHARED_ENCODING_MIN_BYTES: usize = 64 * 1024;
+
+/// Rate-limited events refused in a row before the socket is cut off: a
+/// client that keeps sending after `RATE_LIMITED` is flooding.
+const FLOOD_DISCONNECT_AFTER: u32 = 200;
+
+/// Who an emit goes to.
+enum Target<'a> {
+    /// Every socket in the room, this one included.
+    Room(&'a str),
+    /// Every socket in the room but this one.
+    Others(&'a str),
+    /// One socket.
+    Conn(&'a ConnId),
+}
+
+/// One socket's token buckets, one per rate-limited event family.
+struct Buckets {
+    send: Bucket,
+    join: Bucket,
+    typing: Bucket,
+    keys: Bucket,
+    /// Rate-limited events refused since the last accepted one.
+    refused_in_a_row: u32,
+}
 
 /// The session and user a socket joined as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,17 +69,27 @@ pub struct Worker {
     app: App,
     conn: ConnId,
     bound: Option<Binding>,
+    buckets: Buckets,
 }
 
 impl Worker {
     pub fn new(socket: SocketRef, io: SocketIo, app: App) -> Self {
         let conn = ConnId::new(socket.id.to_string());
+        let rates = app.rates;
+        let buckets = Buckets {
+            send: Bucket::new(rates.send),
+            join: Bucket::new(rates.join),
+            typing: Bucket::new(rates.typing),
+            keys: Bucket::new(rates.keys),
+            refused_in_a_row: 0,
+        };
         Self {
             socket,
             io,
             app,
             conn,
             bound: None,
+            buckets,
         }
     }
 
@@ -69,6 +111,9 @@ impl Worker {
     }
 
     async fn handle(&mut self, command: Command) {
+        if let Err(wait) = self.rate_limit(&command) {
+            return self.rate_limited(command_name(&command), wait);
+        }
         let result = match command {
             Command::Join(p) => {
                 self.join(p).await;
@@ -102,6 +147,43 @@ impl Worker {
         if let Err((event, error)) = result {
             self.event_error(event, &error);
         }
+    }
+
+    /// Takes a token for a rate-limited event, or says how long to wait.
+    fn rate_limit(&mut self, command: &Command) -> Result<(), std::time::Duration> {
+        let rates = self.app.rates;
+        let b = &mut self.buckets;
+        let (bucket, rate): (&mut Bucket, Rate) = match command {
+            Command::SendMessage(_) => (&mut b.send, rates.send),
+            Command::Join(_) => (&mut b.join, rates.join),
+            Command::Typing(_) | Command::StoppedTyping(_) => (&mut b.typing, rates.typing),
+            Command::GetPublicKeys(_)
+            | Command::SavePublicKey(_)
+            | Command::SetSessionKey(_)
+            | Command::FileDownloaded(_) => (&mut b.keys, rates.keys),
+            _ => return Ok(()),
+        };
+        bucket.take(rate, Instant::now())?;
+        b.refused_in_a_row = 0;
+        Ok(())
+    }
+
+    /// Answers `RATE_LIMITED` with a retry hint; cuts off a socket that keeps flooding.
+    fn rate_limited(&mut self, event: &str, wait: std::time::Duration) {
+        self.buckets.refused_in_a_row += 1;
+        if self.buckets.refused_in_a_row > FLOOD_DISCONNECT_AFTER {
+            tracing::warn!(sid = %self.conn, event, "disconnecting a socket that keeps flooding");
+            let _ = self.socket.clone().disconnect();
+            return;
+        }
+        let retry_after_ms = wait.as_millis().max(1) as u64;
+        let error = json!({
+            "event": event,
+            "error": "RATE_LIMITED",
+            "message": format!("Too many {event} events; retry in {retry_after_ms} ms."),
+            "retryAfterMs": retry_after_ms,
+        });
+        self.to_self("event-error", &error);
     }
 
     async fn join(&mut self, p: payloads::JoinSession) {
@@ -211,7 +293,7 @@ impl Worker {
                 self.to_others(&session_room(&b.session), "new-message", message)
                     .await
             }
-            Route::Conn(conn) => self.to_room(&conn_room(conn), "new-message", message).await,
+            Route::Conn(conn) => self.deliver(Target::Conn(conn), "new-message", message).await,
         }
         if sent.is_new {
             let view = MessageView {
@@ -429,19 +511,56 @@ impl Worker {
 
     fn to_self<T: Serialize + ?Sized>(&self, event: &str, data: &T) {
         if let Err(e) = self.socket.emit(event, data) {
-            tracing::debug!(sid = %self.conn, event, error = %e, "emit to socket failed");
+            self.emit_failed(&self.socket, event, e);
         }
     }
 
     async fn to_room<T: Serialize + ?Sized>(&self, room: &str, event: &str, data: &T) {
-        if let Err(e) = self.io.to(room.to_owned()).emit(event, data).await {
-            tracing::debug!(event, error = %e, "room emit failed");
-        }
+        self.deliver(Target::Room(room), event, data).await;
     }
 
     async fn to_others<T: Serialize + ?Sized>(&self, room: &str, event: &str, data: &T) {
-        if let Err(e) = self.socket.to(room.to_owned()).emit(event, data).await {
-            tracing::debug!(event, error = %e, "room emit failed");
+        self.deliver(Target::Others(room), event, data).await;
+    }
+
+    /// Serializes `data` once and sends it to `target` (see
+    /// [`SHARED_ENCODING_MIN_BYTES`] for how).
+    async fn deliver<T: Serialize + ?Sized>(&self, target: Target<'_>, event: &str, data: &T) {
+        let raw = match serde_json::value::to_raw_value(data) {
+            Ok(raw) => raw,
+            Err(e) => return tracing::error!(event, error = %e, "cannot serialize an event"),
+        };
+        let room = match target {
+            Target::Room(room) | Target::Others(room) => room.to_owned(),
+            Target::Conn(conn) => conn_room(conn),
+        };
+        let operator = match target {
+            Target::Others(_) => self.socket.to(room),
+            Target::Room(_) | Target::Conn(_) => self.io.to(room),
+        };
+        if raw.get().len() >= SHARED_ENCODING_MIN_BYTES {
+            if let Err(e) = operator.emit(event, &*raw).await {
+                tracing::debug!(event, error = %e, "room emit failed");
+            }
+            return;
+        }
+        for socket in operator.sockets() {
+            if let Err(e) = socket.emit(event, &*raw) {
+                self.emit_failed(&socket, event, e);
+            }
+        }
+    }
+
+    /// A recipient whose outgoing buffer is full is not keeping up: it is
+    /// disconnected (it rejoins and gets the history) rather than silently
+    /// missing messages or making the server buffer without bound.
+    fn emit_failed(&self, socket: &SocketRef, event: &str, e: SendError) {
+        match e {
+            SendError::Socket(SocketError::InternalChannelFull) => {
+                tracing::warn!(sid = %socket.id, event, "slow consumer: outgoing buffer full, disconnecting");
+                let _ = socket.clone().disconnect();
+            }
+            e => tracing::debug!(sid = %socket.id, event, error = %e, "emit failed"),
         }
     }
 }

@@ -1,0 +1,225 @@
+//! The accept loop and the front door every request passes.
+//!
+//! `axum::serve` has no header-read timeout (slowloris works against it) and
+//! no connection cap, so connections are served here with hyper directly:
+//! a semaphore caps open connections, HTTP/1 headers must arrive within
+//! `HEADER_READ_TIMEOUT_SECS`, and shutdown is graceful.
+//!
+//! The front door sends `/socket.io/` requests to socketioxide and the rest
+//! to the API router. Socket.IO requests are checked (origin, handshake rate
+//! per IP) and then rebuilt from fresh copies of only the headers the engine
+//! needs: engineioxide keeps a socket's request parts for the socket's whole
+//! life, and hyper's originals are slices of its 16 KB read buffer, which
+//! would stay allocated per connection (SOCKETIOXIDE-NOTES.md, point 4).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::{Json, Router};
+use engineioxide::service::NotFoundService;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use socketioxide::service::SocketIoService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tower_http::cors::CorsLayer;
+
+use crate::config::AllowedOrigins;
+use crate::limits::IpLimiter;
+
+/// The path socketioxide serves.
+pub const SOCKET_IO_PATH: &str = "/socket.io";
+/// How long shutdown lets open HTTP connections finish.
+const GRACEFUL_HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed `accept` (e.g. out of file descriptors) before retrying.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Headers the Engine.IO engine reads; every other header is dropped from
+/// Socket.IO requests.
+const ENGINE_HEADERS: [HeaderName; 9] = [
+    header::HOST,
+    header::ORIGIN,
+    header::CONNECTION,
+    header::UPGRADE,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_PROTOCOL,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+];
+
+/// The client's IP, as the API handlers and the Socket.IO connect
+/// middleware see it (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// Routes every request; cheap to clone.
+#[derive(Clone)]
+pub struct Frontdoor {
+    pub socket_io: SocketIoService<NotFoundService>,
+    pub api: Router,
+    pub allowed_origins: Arc<AllowedOrigins>,
+    pub trust_proxy: Option<HeaderName>,
+    pub handshakes: Arc<IpLimiter>,
+}
+
+impl Frontdoor {
+    async fn handle(self, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
+        let ip = ClientIp(self.client_ip(&req, peer));
+        if !req.uri().path().starts_with(SOCKET_IO_PATH) {
+            req.extensions_mut().insert(ip);
+            return match self.api.oneshot(req.map(Body::new)).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            };
+        }
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            if !self.allowed_origins.allows(origin) {
+                tracing::warn!(
+                    ?origin,
+                    "refused a Socket.IO connection from an origin not in CLIENT_URL"
+                );
+                return json_error(StatusCode::FORBIDDEN, "Origin not allowed");
+            }
+        }
+        if is_new_handshake(req.uri()) {
+            if let Err(wait) = self.handshakes.check(ip.0) {
+                tracing::info!(ip = %ip.0, "refused a Socket.IO handshake: rate limit");
+                let mut res = json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connections, retry later");
+                res.headers_mut().insert(header::RETRY_AFTER, retry_after(wait));
+                return res;
+            }
+        }
+        let req = lean_request(req, ip);
+        match self.socket_io.oneshot(req).await {
+            Ok(res) => res.map(Body::new),
+            Err(never) => match never {},
+        }
+    }
+
+    /// The peer address, or with `TRUST_PROXY` the last entry of that header.
+    fn client_ip(&self, req: &Request<Incoming>, peer: SocketAddr) -> IpAddr {
+        self.trust_proxy
+            .as_ref()
+            .and_then(|name| req.headers().get(name))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| peer.ip())
+    }
+}
+
+/// A polling handshake or a fresh WebSocket (no `sid` yet) starts a new session.
+fn is_new_handshake(uri: &Uri) -> bool {
+    !uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .any(|kv| kv.starts_with("sid="))
+}
+
+/// A copy of `req` with fresh copies of only the engine's headers, a copied
+/// URI, and no extension but hyper's upgrade handle and the client IP.
+fn lean_request(req: Request<Incoming>, ip: ClientIp) -> Request<Incoming> {
+    let (mut parts, body) = req.into_parts();
+    let uri: Uri = parts.uri.to_string().parse().unwrap_or_default();
+    let mut lean = Request::new(body);
+    *lean.method_mut() = parts.method.clone();
+    *lean.uri_mut() = uri;
+    *lean.version_mut() = parts.version;
+    for name in ENGINE_HEADERS {
+        if let Some(value) = parts.headers.get(&name) {
+            if let Ok(copy) = HeaderValue::from_bytes(value.as_bytes()) {
+                lean.headers_mut().insert(name, copy);
+            }
+        }
+    }
+    if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+        lean.extensions_mut().insert(upgrade);
+    }
+    lean.extensions_mut().insert(ip);
+    lean
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// `Retry-After` in whole seconds, at least 1.
+pub fn retry_after(wait: Duration) -> HeaderValue {
+    HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64)
+}
+
+/// Limits of the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Accepts connections until `stop`, then lets open ones finish for a moment.
+pub async fn serve(
+    listener: TcpListener,
+    frontdoor: Frontdoor,
+    cors: CorsLayer,
+    limits: ServeLimits,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let door = frontdoor.clone();
+        let service = tower::ServiceBuilder::new()
+            .layer(cors.clone())
+            .service(tower::service_fn(move |req| {
+                let door = door.clone();
+                async move { Ok::<_, Infallible>(door.handle(peer, req).await) }
+            }));
+        let connection =
+            builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(GRACEFUL_HTTP_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("open HTTP connections were dropped at shutdown");
+    }
+}

@@ -1,0 +1,218 @@
+//! Token buckets: per socket (owned by its worker, so their state lives and
+//! dies with the socket) and per client IP (a bounded map, pruned of buckets
+//! that have refilled, so its state never grows without bound).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A rate: `burst` at once, refilled at `per_sec`. A zero rate means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub burst: f64,
+}
+
+impl Rate {
+    pub const UNLIMITED: Rate = Rate {
+        per_sec: 0.0,
+        burst: 0.0,
+    };
+
+    /// `per_min` per minute, with a burst of ten seconds' worth (at least 5).
+    pub fn per_minute(per_min: u32) -> Self {
+        let per_sec = f64::from(per_min) / 60.0;
+        Self {
+            per_sec,
+            burst: (per_sec * 10.0).max(5.0),
+        }
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.per_sec <= 0.0
+    }
+}
+
+/// One bucket.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            tokens: rate.burst,
+            updated: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says how long until one is available.
+    pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        if rate.is_unlimited() {
+            return Ok(());
+        }
+        self.refill(rate, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate.per_sec))
+        }
+    }
+
+    fn refill(&mut self, rate: Rate, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_sec).min(rate.burst);
+        self.updated = now;
+    }
+
+    fn is_full(&mut self, rate: Rate, now: Instant) -> bool {
+        self.refill(rate, now);
+        self.tokens >= rate.burst
+    }
+}
+
+/// Most client IPs tracked by one limiter; past it, full buckets are pruned
+/// and, if none is full, new IPs share one overflow bucket (fail closed).
+const MAX_TRACKED_IPS: usize = 100_000;
+
+/// Per-IP buckets.
+pub struct IpLimiter {
+    rate: Rate,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    overflow: Mutex<Bucket>,
+}
+
+impl IpLimiter {
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            buckets: Mutex::new(HashMap::new()),
+            overflow: Mutex::new(Bucket::new(rate)),
+        }
+    }
+
+    /// Takes a token for `ip`, or says how long until one is available.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        if self.rate.is_unlimited() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if !buckets.contains_key(&ip) && buckets.len() >= MAX_TRACKED_IPS {
+            buckets.retain(|_, b| !b.is_full(self.rate, now));
+            if buckets.len() >= MAX_TRACKED_IPS {
+                drop(buckets);
+                return self
+                    .overflow
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(self.rate, now);
+            }
+        }
+        buckets
+            .entry(ip)
+            .or_insert_with(|| Bucket::new(self.rate))
+            .take(self.rate, now)
+    }
+
+    /// Drops buckets that have refilled (they hold nothing a new one would not).
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        buckets.retain(|_, b| !b.is_full(self.rate, now));
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Counts sockets per client IP.
+#[derive(Default)]
+pub struct IpCounter {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl IpCounter {
+    /// Counts one more socket for `ip` unless it already has `max` (0 = no limit).
+    pub fn try_add(&self, ip: IpAddr, max: usize) -> bool {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if max != 0 && *count >= max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    pub fn remove(&self, ip: IpAddr) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_allows_its_burst_then_refills_at_its_rate() {
+        let rate = Rate {
+            per_sec: 10.0,
+            burst: 3.0,
+        };
+        let mut b = Bucket::new(rate);
+        for _ in 0..3 {
+            assert!(b.take(rate, Instant::now()).is_ok());
+        }
+        let wait = b.take(rate, Instant::now()).unwrap_err();
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(b.take(rate, Instant::now()).is_ok());
+        assert!(b.take(rate, Instant::now()).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ip_limiter_state_is_pruned_once_buckets_refill() {
+        let limiter = IpLimiter::new(Rate::per_minute(60));
+        for i in 0..100u8 {
+            limiter.check(IpAddr::from([10, 0, 0, i])).unwrap();
+        }
+        assert_eq!(limiter.tracked(), 100);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        limiter.prune();
+        assert_eq!(limiter.tracked(), 0);
+    }
+
+    #[test]
+    fn ip_counter_enforces_the_cap_and_forgets_empty_ips() {
+        let c = IpCounter::default();
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        assert!(c.try_add(ip, 2));
+        assert!(c.try_add(ip, 2));
+        assert!(!c.try_add(ip, 2));
+        c.remove(ip);
+        c.remove(ip);
+        assert_eq!(c.total(), 0);
+        assert!(c.try_add(ip, 0), "0 means no limit");
+    }
+}

@@ -176,6 +176,10 @@ pub struct Config {
     pub typing_rate_per_min: u32,
     /// `KEY_RATE_PER_MIN`: key events and download notices per socket per minute (0 = no limit).
     pub key_rate_per_min: u32,
+    /// Test hook, never read from the environment: an event name whose
+    /// handler panics inside a store lock.
+    #[doc(hidden)]
+    pub test_panic_event: Option<String>,
 }
 
 impl Default for Config {
@@ -214,6 +218,7 @@ impl Default for Config {
             join_rate_per_min: 60,
             typing_rate_per_min: 600,
             key_rate_per_min: 120,
+            test_panic_event: None,
         }
     }
 }
@@ -283,6 +288,7 @@ impl Config {
             join_rate_per_min: env.parse("JOIN_RATE_PER_MIN", defaults.join_rate_per_min)?,
             typing_rate_per_min: env.parse("TYPING_RATE_PER_MIN", defaults.typing_rate_per_min)?,
             key_rate_per_min: env.parse("KEY_RATE_PER_MIN", defaults.key_rate_per_min)?,
+            test_panic_event: None,
         };
         if config.max_payload_bytes > u64::from(u32::MAX) {
             return Err(ConfigError {

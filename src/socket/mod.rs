@@ -44,6 +44,8 @@ pub struct App {
     /// Open sockets in all.
     pub max_sockets: usize,
     pub rates: EventRates,
+    /// See [`Config::test_panic_event`].
+    pub test_panic_event: Option<Arc<str>>,
 }
 
 /// Per-socket rates of the events that are rate limited.
@@ -84,6 +86,7 @@ impl App {
                 typing: per_min(config.typing_rate_per_min),
                 keys: per_min(config.key_rate_per_min),
             },
+            test_panic_event: config.test_panic_event.as_deref().map(Into::into),
         }
     }
 }

@@ -6,7 +6,6 @@
 //! returns, never under a lock.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 
 use futures_util::FutureExt;
 use serde::Serialize;
@@ -16,13 +15,13 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::payloads::{self, *};
+use super::payloads::{self, display_name, join_request, json_len, *};
 use super::queue::Command;
 use super::{conn_room, session_room, App};
 use crate::config::OriginalContent;
 use crate::domain::ids::SessionRef;
 use crate::domain::message::MessageView;
-use crate::domain::store::{JoinKind, JoinRequest, Left, Outgoing, Route};
+use crate::domain::store::{JoinKind, Left, Outgoing, Route};
 use crate::domain::{epoch_ms, ChatMode, ConnId, EventError, JoinError, SessionId, UserId};
 use crate::limits::{Bucket, Rate};
 
@@ -136,6 +135,13 @@ impl Worker {
                 }
             }
             Command::Unknown { event } => {
+                if self.app.test_panic_event.as_deref() == Some(event.as_str()) {
+                    let session = self.bound.as_ref().map(|b| b.session.clone());
+                    match session {
+                        Some(session) => self.app.store.panic_while_locked(&session),
+                        None => panic!("test hook: panic in a handler"),
+                    }
+                }
                 self.event_error(&event, &EventError::UnknownEvent);
                 Ok(())
             }
@@ -584,67 +590,6 @@ struct SessionMetadata<'a> {
     chat_mode: ChatMode,
     #[serde(skip_serializing_if = "Option::is_none")]
     encrypted_session_key: Option<&'a Value>,
-}
-
-/// Validates a `join-session` payload (step 1 of the contract).
-fn join_request(p: payloads::JoinSession) -> Result<JoinRequest, JoinError> {
-    let invalid = |reason: &str| JoinError::InvalidPayload(reason.into());
-    let raw = p
-        .session_id
-        .ok_or_else(|| invalid("sessionId must be a string"))?;
-    let user = p.user_id.ok_or_else(|| invalid("userId must be a string"))?;
-    let user = UserId::parse(&user).ok_or_else(|| invalid("userId must be 1 to 128 printable characters"))?;
-    let is_creator = p.is_creator.is_some_and(|v| v.as_bool().unwrap_or(!v.is_null()));
-    let parts = SessionRef::split(&raw);
-    let session = match SessionId::parse(parts.id) {
-        Some(id) => id,
-        // Such an id can never have been created, so a joiner simply finds nothing.
-        None if !is_creator => return Err(JoinError::SessionNotFound),
-        None => return Err(invalid("sessionId must be 1 to 64 characters of A-Z a-z 0-9 _ -")),
-    };
-    let offered_key = p.auth_key.or_else(|| parts.suffix_key.map(str::to_owned));
-    if offered_key.as_ref().is_some_and(|k| k.len() > MAX_AUTH_KEY_LEN)
-        || parts.password.is_some_and(|pw| pw.len() > MAX_AUTH_KEY_LEN)
-    {
-        return Err(invalid("authKey is too long"));
-    }
-    if p.public_key
-        .as_ref()
-        .is_some_and(|k| json_len(k) > MAX_PUBLIC_KEY_BYTES)
-    {
-        return Err(invalid("publicKey is too large"));
-    }
-    let mode = match p.chat_mode.as_deref() {
-        None => ChatMode::Group,
-        Some(m) => {
-            ChatMode::parse(m).ok_or_else(|| invalid("chatMode must be group, private or password"))?
-        }
-    };
-    Ok(JoinRequest {
-        session,
-        user,
-        display_name: display_name(p.display_name).map_err(|_| invalid("displayName is too long"))?,
-        public_key: p.public_key,
-        is_creator,
-        offered_key,
-        offered_password: parts.password.map(str::to_owned),
-        mode,
-    })
-}
-
-fn display_name(name: Option<String>) -> Result<Option<Arc<str>>, EventError> {
-    match name {
-        Some(n) if n.len() > MAX_DISPLAY_NAME_LEN => {
-            Err(EventError::InvalidPayload("displayName is too long".into()))
-        }
-        Some(n) if n.is_empty() => Ok(None),
-        n => Ok(n.map(Into::into)),
-    }
-}
-
-/// Serialized length of a small JSON value, for size limits.
-fn json_len(v: &Value) -> usize {
-    serde_json::to_vec(v).map_or(usize::MAX, |b| b.len())
 }
 
 fn command_name(c: &Command) -> &'static str {

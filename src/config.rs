@@ -176,6 +176,11 @@ pub struct Config {
     pub typing_rate_per_min: u32,
     /// `KEY_RATE_PER_MIN`: key events and download notices per socket per minute (0 = no limit).
     pub key_rate_per_min: u32,
+    /// `METRICS_ADDR`: where `GET /metrics` is served (`off` disables it). Keep it private.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `SHUTDOWN_DRAIN_SECS`: on SIGTERM, how long `/ready` answers 503 while
+    /// everything is still served, so a load balancer can take the node out.
+    pub shutdown_drain: Duration,
     /// Test hook, never read from the environment: an event name whose
     /// handler panics inside a store lock.
     #[doc(hidden)]
@@ -218,10 +223,15 @@ impl Default for Config {
             join_rate_per_min: 60,
             typing_rate_per_min: 600,
             key_rate_per_min: 120,
+            metrics_addr: Some(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
+            shutdown_drain: Duration::ZERO,
             test_panic_event: None,
         }
     }
 }
+
+/// Prometheus' conventional exporter port, on loopback only.
+const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 /// The stock frontend's development origin (Vite's default port).
 const DEFAULT_CLIENT_URL: &str = "http://localhost:5173";
@@ -288,6 +298,19 @@ impl Config {
             join_rate_per_min: env.parse("JOIN_RATE_PER_MIN", defaults.join_rate_per_min)?,
             typing_rate_per_min: env.parse("TYPING_RATE_PER_MIN", defaults.typing_rate_per_min)?,
             key_rate_per_min: env.parse("KEY_RATE_PER_MIN", defaults.key_rate_per_min)?,
+            metrics_addr: env.with(
+                "METRICS_ADDR",
+                Some(DEFAULT_METRICS_ADDR.parse().expect("valid")),
+                |v| {
+                    if v == "off" {
+                        return Ok(None);
+                    }
+                    v.parse()
+                        .map(Some)
+                        .map_err(|_| "expected host:port such as 127.0.0.1:9464, or off".into())
+                },
+            )?,
+            shutdown_drain: Duration::from_secs(env.parse("SHUTDOWN_DRAIN_SECS", 1u64)?),
             test_panic_event: None,
         };
         if config.max_payload_bytes > u64::from(u32::MAX) {
@@ -298,6 +321,78 @@ impl Config {
             });
         }
         Ok(config)
+    }
+}
+
+impl Config {
+    /// Every effective setting as `NAME=value` pairs for the start-up log,
+    /// with the password of `REDIS_URL` masked.
+    pub fn summary(&self) -> String {
+        let secs = |d: Duration| d.as_secs().to_string();
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "unset".into());
+        let pairs: Vec<(&str, String)> = vec![
+            ("HOST", self.host.to_string()),
+            ("PORT", self.port.to_string()),
+            ("CLIENT_URL", self.client_origins.to_string()),
+            ("NODE_ENV", self.node_env.clone()),
+            ("DEBUG", self.debug.to_string()),
+            ("LOG_FORMAT", format!("{:?}", self.log_format).to_lowercase()),
+            ("SESSION_IDLE_TIMEOUT_SECS", secs(self.session_idle_timeout)),
+            ("SESSION_MEMBER_TIMEOUT_SECS", secs(self.session_member_timeout)),
+            ("CLEANUP_INTERVAL_SECS", secs(self.cleanup_interval)),
+            ("MAX_PAYLOAD_BYTES", self.max_payload_bytes.to_string()),
+            ("PING_INTERVAL_MS", self.ping_interval.as_millis().to_string()),
+            ("PING_TIMEOUT_MS", self.ping_timeout.as_millis().to_string()),
+            (
+                "ORIGINAL_CONTENT",
+                format!("{:?}", self.original_content).to_lowercase(),
+            ),
+            ("MAX_SESSIONS", self.max_sessions.to_string()),
+            ("MAX_GROUP_MEMBERS", self.max_group_members.to_string()),
+            ("MAX_HISTORY_MESSAGES", self.max_history_messages.to_string()),
+            ("MAX_HISTORY_BYTES", self.max_history_bytes.to_string()),
+            (
+                "MAX_TOTAL_HISTORY_BYTES",
+                self.max_total_history_bytes.to_string(),
+            ),
+            ("REDIS_URL", opt(self.redis_url.as_deref().map(mask_url_password))),
+            ("MAX_CONNECTIONS", self.max_connections.to_string()),
+            ("HEADER_READ_TIMEOUT_SECS", secs(self.header_read_timeout)),
+            ("API_REQUEST_TIMEOUT_SECS", secs(self.api_request_timeout)),
+            (
+                "TRUST_PROXY",
+                opt(self.trust_proxy.as_ref().map(|h| h.to_string())),
+            ),
+            ("MAX_SOCKETS_PER_IP", self.max_sockets_per_ip.to_string()),
+            ("HANDSHAKE_RATE_PER_IP", self.handshake_rate_per_ip.to_string()),
+            ("RESERVE_RATE_PER_IP", self.reserve_rate_per_ip.to_string()),
+            ("SEND_RATE_PER_SOCKET", self.send_rate_per_socket.to_string()),
+            ("SEND_BURST_PER_SOCKET", self.send_burst_per_socket.to_string()),
+            ("JOIN_RATE_PER_MIN", self.join_rate_per_min.to_string()),
+            ("TYPING_RATE_PER_MIN", self.typing_rate_per_min.to_string()),
+            ("KEY_RATE_PER_MIN", self.key_rate_per_min.to_string()),
+            ("METRICS_ADDR", opt(self.metrics_addr.map(|a| a.to_string()))),
+            ("SHUTDOWN_DRAIN_SECS", secs(self.shutdown_drain)),
+        ];
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
     }
 }
 
@@ -383,6 +478,8 @@ mod tests {
         assert_eq!(c.original_content, OriginalContent::Echo);
         assert!(c.redis_url.is_none());
         assert!(!c.debug);
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(config(&[("METRICS_ADDR", "off")]).unwrap().metrics_addr, None);
     }
 
     #[test]
@@ -401,6 +498,7 @@ mod tests {
             ("TRUST_PROXY", "bad header"),
             ("SEND_RATE_PER_SOCKET", "fast"),
             ("MAX_CONNECTIONS", "0"),
+            ("METRICS_ADDR", "9464"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name);
@@ -419,6 +517,17 @@ mod tests {
             .allows(&HeaderValue::from_static("https://c.example")));
         let c = config(&[("CLIENT_URL", "*")]).unwrap();
         assert_eq!(c.client_origins, AllowedOrigins::Any);
+    }
+
+    #[test]
+    fn the_summary_masks_the_redis_password() {
+        let c = config(&[("REDIS_URL", "redis://app:s3cret@redis:6379/0")]).unwrap();
+        let summary = c.summary();
+        assert!(
+            summary.contains("REDIS_URL=redis://app:***@redis:6379/0"),
+            "{summary}"
+        );
+        assert!(!summary.contains("s3cret"));
     }
 
     #[test]

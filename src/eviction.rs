@@ -37,6 +37,8 @@ pub async fn run(
         let evicted = before.saturating_sub(store.session_count());
         if evicted > 0 {
             tracing::info!(evicted, with_members = expired.len(), "evicted idle sessions");
+            crate::metrics::evicted("idle", evicted.saturating_sub(expired.len()));
+            crate::metrics::evicted("expired", expired.len());
         }
         let error = JoinError::SessionExpired;
         let notice = json!({ "error": error.code(), "message": error.to_string() });

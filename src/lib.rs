@@ -11,6 +11,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod socket;
 

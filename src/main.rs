@@ -70,20 +70,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        client_url = %config.client_origins,
-        node_env = %config.node_env,
-        debug = config.debug,
-        original_content = ?config.original_content,
-        max_payload_bytes = config.max_payload_bytes,
-        idle_timeout_secs = config.session_idle_timeout.as_secs(),
-        member_timeout_secs = config.session_member_timeout.as_secs(),
-        store = if config.redis_url.is_some() { "redis" } else { "memory" },
-        "starting"
-    );
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), settings = %config.summary(), "starting");
     let server = Server::start(config).await?;
-    tracing::info!(addr = %server.addr(), "listening");
+    let metrics = server
+        .metrics_addr()
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(addr = %server.addr(), %metrics, "listening");
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;

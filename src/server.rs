@@ -20,7 +20,7 @@ use crate::domain::store::Limits;
 use crate::domain::Store;
 use crate::eviction;
 use crate::http::serve::{self, Frontdoor, ServeLimits};
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpState, Readiness};
 use crate::limits::{IpLimiter, Rate};
 use crate::socket::{self, App};
 
@@ -42,6 +42,9 @@ pub struct RunningServer {
     http: JoinHandle<()>,
     eviction: JoinHandle<()>,
     workers: TaskTracker,
+    readiness: Readiness,
+    drain: Duration,
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl Server {
@@ -61,6 +64,8 @@ impl Server {
             idle_timeout: config.session_idle_timeout,
             member_timeout: config.session_member_timeout,
         });
+        crate::metrics::init();
+        let readiness = Readiness::default();
         let workers = TaskTracker::new();
         let app = App::new(&config, store.clone(), workers.clone());
         let (socket_io, io) = socket::service(&config, app);
@@ -77,6 +82,7 @@ impl Server {
             debug: config.debug,
             reservations: reservations.clone(),
             request_timeout: config.api_request_timeout,
+            readiness: readiness.clone(),
         })
         .layer(TraceLayer::new_for_http());
         let frontdoor = Frontdoor {
@@ -109,6 +115,14 @@ impl Server {
             limits,
             stop.clone(),
         ));
+        let metrics = match config.metrics_addr {
+            Some(addr) => Some(
+                crate::metrics::serve(addr, store.clone(), io.clone(), stop.clone())
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (check METRICS_ADDR)"))?,
+            ),
+            None => None,
+        };
         let eviction = tokio::spawn(eviction::run(
             store,
             io.clone(),
@@ -116,6 +130,7 @@ impl Server {
             config.cleanup_interval,
             stop.clone(),
         ));
+        readiness.set_ready();
         Ok(RunningServer {
             addr,
             io,
@@ -123,6 +138,9 @@ impl Server {
             http,
             eviction,
             workers,
+            readiness,
+            drain: config.shutdown_drain,
+            metrics,
         })
     }
 }
@@ -141,11 +159,19 @@ impl RunningServer {
         self.addr
     }
 
-    /// The shutdown sequence: stop accepting; close every socket (clients
+    /// Where `GET /metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// The shutdown sequence: `/ready` turns 503 and everything is still
+    /// served for `SHUTDOWN_DRAIN_SECS`; then stop accepting; close every socket (clients
     /// get a Socket.IO disconnect, and each departure is announced to whoever
     /// is still connected); wait for the sockets' workers; stop the eviction
     /// task; let open HTTP requests finish. Bounded to a few seconds.
     pub async fn shutdown(self) {
+        self.readiness.set_draining();
+        tokio::time::sleep(self.drain).await;
         self.stop.cancel();
         if let Err(e) = self.io.local().disconnect().await {
             tracing::warn!(error = %e, "closing sockets failed");
@@ -157,6 +183,9 @@ impl RunningServer {
         let _ = self.eviction.await;
         self.io.close().await;
         let _ = timeout(DRAIN_HTTP_TIMEOUT, self.http).await;
+        if let Some((_, task)) = self.metrics {
+            let _ = task.await;
+        }
         tracing::info!("shut down");
     }
 }

@@ -182,6 +182,14 @@ pub struct Expired {
     pub conns: Vec<ConnId>,
 }
 
+/// Gauges of the store's state.
+#[derive(Debug)]
+pub struct StoreStats {
+    pub sessions_by_mode: [(ChatMode, usize); 3],
+    pub members: usize,
+    pub history_bytes: usize,
+}
+
 /// One row of the debug listing; no secrets, no contents.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -207,6 +215,28 @@ impl Store {
     /// Number of live sessions.
     pub fn session_count(&self) -> usize {
         read(&self.shared.sessions).len()
+    }
+
+    /// Live sessions by mode, connected members and history bytes, for metrics.
+    pub fn stats(&self) -> StoreStats {
+        let sessions: Vec<_> = read(&self.shared.sessions).values().cloned().collect();
+        let mut stats = StoreStats {
+            sessions_by_mode: [
+                (ChatMode::Group, 0),
+                (ChatMode::Private, 0),
+                (ChatMode::Password, 0),
+            ],
+            members: 0,
+            history_bytes: self.total_history_bytes(),
+        };
+        for session in sessions {
+            let s = lock(&session);
+            if let Some(entry) = stats.sessions_by_mode.iter_mut().find(|(m, _)| *m == s.mode) {
+                entry.1 += 1;
+            }
+            stats.members += s.members.len();
+        }
+        stats
     }
 
     /// The debug listing, in creation order.

@@ -37,6 +37,34 @@ pub struct HttpState {
     pub reservations: Arc<IpLimiter>,
     /// Longest an API request may take.
     pub request_timeout: std::time::Duration,
+    pub readiness: Readiness,
+}
+
+/// Whether a load balancer should send this node traffic (`GET /ready`).
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<std::sync::atomic::AtomicU8>);
+
+impl Readiness {
+    const STARTING: u8 = 0;
+    const READY: u8 = 1;
+    const DRAINING: u8 = 2;
+
+    pub fn set_ready(&self) {
+        self.0.store(Self::READY, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn set_draining(&self) {
+        self.0.store(Self::DRAINING, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `None` when ready, else why not.
+    fn not_ready(&self) -> Option<&'static str> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            Self::READY => None,
+            Self::STARTING => Some("starting"),
+            _ => Some("draining"),
+        }
+    }
 }
 
 /// The API routes; everything unmatched answers 404 JSON.
@@ -44,6 +72,7 @@ pub fn router(state: HttpState) -> Router {
     let state = Arc::new(state);
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/api/reserve-session", post(reserve_session))
         .route("/sessions", get(sessions))
         .fallback(not_found)
@@ -74,6 +103,18 @@ async fn health(State(state): State<Arc<HttpState>>) -> Json<Value> {
     }))
 }
 
+/// 200 when this node should get traffic; 503 while starting or draining.
+async fn ready(State(state): State<Arc<HttpState>>) -> Response {
+    match state.readiness.not_ready() {
+        None => Json(json!({ "status": "ready" })).into_response(),
+        Some(why) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": why })),
+        )
+            .into_response(),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ReserveBody {
@@ -88,7 +129,10 @@ async fn reserve_session(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(Extension(ClientIp(ip))) = ip {
-        state.reservations.check(ip).map_err(ApiError::TooManyRequests)?;
+        state.reservations.check(ip).map_err(|wait| {
+            crate::metrics::rate_limited("ip", "reserve");
+            ApiError::TooManyRequests(wait)
+        })?;
     }
     let body = body.map_err(|e| ApiError::from_body_rejection(&e))?;
     let body: ReserveBody = if body.iter().all(u8::is_ascii_whitespace) {

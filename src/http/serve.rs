@@ -96,6 +96,7 @@ impl Frontdoor {
         if is_new_handshake(req.uri()) {
             if let Err(wait) = self.handshakes.check(ip.0) {
                 tracing::info!(ip = %ip.0, "refused a Socket.IO handshake: rate limit");
+                crate::metrics::rate_limited("ip", "handshake");
                 let mut res = json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connections, retry later");
                 res.headers_mut().insert(header::RETRY_AFTER, retry_after(wait));
                 return res;

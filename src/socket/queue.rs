@@ -61,6 +61,7 @@ where
     P: DeserializeOwned + Send + Sync + 'static,
 {
     fn call(&self, s: Arc<Socket<A>>, mut v: Value, ack_id: Option<i64>) {
+        crate::metrics::bytes_in(v.len());
         let command = match TryData::<P>::from_message_parts(&s, &mut v, &ack_id) {
             Ok(TryData(Ok(payload))) => (self.wrap)(payload),
             Ok(TryData(Err(e))) => Command::Invalid {
@@ -102,6 +103,7 @@ fn push<A: Adapter>(tx: &mpsc::Sender<Command>, s: Arc<Socket<A>>, command: Comm
         Ok(()) | Err(TrySendError::Closed(_)) => {}
         Err(TrySendError::Full(_)) => {
             tracing::warn!(sid = %s.id, "event queue full, disconnecting the socket");
+            crate::metrics::forced_disconnect("queue_full");
             let _ = SocketRef::from(s).disconnect();
         }
     }

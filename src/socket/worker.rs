@@ -24,6 +24,7 @@ use crate::domain::message::MessageView;
 use crate::domain::store::{JoinKind, Left, Outgoing, Route};
 use crate::domain::{epoch_ms, ChatMode, ConnId, EventError, JoinError, SessionId, UserId};
 use crate::limits::{Bucket, Rate};
+use crate::metrics;
 
 /// Payloads at least this large are encoded once and shared by a room
 /// broadcast. Smaller ones go to each recipient on its own, so that a
@@ -97,12 +98,14 @@ impl Worker {
         while let Some(command) = rx.recv().await {
             let last = matches!(command, Command::Disconnect);
             let event = command_name(&command);
+            let started = Instant::now();
             // A bug in one handler must not end this socket's worker (its
             // queue would fill up) or take anything else down.
             let handled = AssertUnwindSafe(self.handle(command)).catch_unwind().await;
             if handled.is_err() {
                 tracing::error!(sid = %self.conn, event, "event handler panicked");
             }
+            metrics::event_handled(event, started.elapsed());
             if last {
                 break;
             }
@@ -175,10 +178,13 @@ impl Worker {
     }
 
     /// Answers `RATE_LIMITED` with a retry hint; cuts off a socket that keeps flooding.
-    fn rate_limited(&mut self, event: &str, wait: std::time::Duration) {
+    fn rate_limited(&mut self, event: &'static str, wait: std::time::Duration) {
+        metrics::rate_limited("socket", event);
+        metrics::event_error("RATE_LIMITED");
         self.buckets.refused_in_a_row += 1;
         if self.buckets.refused_in_a_row > FLOOD_DISCONNECT_AFTER {
             tracing::warn!(sid = %self.conn, event, "disconnecting a socket that keeps flooding");
+            metrics::forced_disconnect("flood");
             let _ = self.socket.clone().disconnect();
             return;
         }
@@ -212,6 +218,7 @@ impl Worker {
         if let Some(previous) = self.bound.take().filter(|b| *b != binding) {
             self.depart(previous, true).await;
         }
+        metrics::join_accepted();
         let room = session_room(&binding.session);
         self.socket.join(room.clone());
         match &joined.kind {
@@ -294,13 +301,12 @@ impl Worker {
             )
             .map_err(|e| self.refused(EVENT, e))?;
         let message = &*sent.message;
-        match &sent.route {
-            Route::Others => {
-                self.to_others(&session_room(&b.session), "new-message", message)
-                    .await
-            }
-            Route::Conn(conn) => self.deliver(Target::Conn(conn), "new-message", message).await,
-        }
+        let target = match &sent.route {
+            Route::Others => Target::Others(&session_room(&b.session)),
+            Route::Conn(conn) => Target::Conn(conn),
+        };
+        let deliveries = self.deliver(target, "new-message", message).await;
+        metrics::message_relayed(deliveries);
         if sent.is_new {
             let view = MessageView {
                 message,
@@ -501,6 +507,7 @@ impl Worker {
     }
 
     fn session_error(&self, e: &JoinError) {
+        metrics::session_error(e.code());
         self.to_self(
             "session-error",
             &json!({ "error": e.code(), "message": e.to_string() }),
@@ -508,6 +515,7 @@ impl Worker {
     }
 
     fn event_error(&self, event: &str, e: &EventError) {
+        metrics::event_error(e.code());
         tracing::debug!(sid = %self.conn, event, error = e.code(), "event refused");
         self.to_self(
             "event-error",
@@ -516,7 +524,9 @@ impl Worker {
     }
 
     fn to_self<T: Serialize + ?Sized>(&self, event: &str, data: &T) {
-        if let Err(e) = self.socket.emit(event, data) {
+        let Some(raw) = encode(event, data) else { return };
+        metrics::bytes_out(raw.get().len());
+        if let Err(e) = self.socket.emit(event, &*raw) {
             self.emit_failed(&self.socket, event, e);
         }
     }
@@ -530,12 +540,9 @@ impl Worker {
     }
 
     /// Serializes `data` once and sends it to `target` (see
-    /// [`SHARED_ENCODING_MIN_BYTES`] for how).
-    async fn deliver<T: Serialize + ?Sized>(&self, target: Target<'_>, event: &str, data: &T) {
-        let raw = match serde_json::value::to_raw_value(data) {
-            Ok(raw) => raw,
-            Err(e) => return tracing::error!(event, error = %e, "cannot serialize an event"),
-        };
+    /// [`SHARED_ENCODING_MIN_BYTES`] for how); returns the number of recipients.
+    async fn deliver<T: Serialize + ?Sized>(&self, target: Target<'_>, event: &str, data: &T) -> usize {
+        let Some(raw) = encode(event, data) else { return 0 };
         let room = match target {
             Target::Room(room) | Target::Others(room) => room.to_owned(),
             Target::Conn(conn) => conn_room(conn),
@@ -545,16 +552,21 @@ impl Worker {
             Target::Room(_) | Target::Conn(_) => self.io.to(room),
         };
         if raw.get().len() >= SHARED_ENCODING_MIN_BYTES {
+            let recipients = operator.clone().sockets().len();
+            metrics::bytes_out(raw.get().len() * recipients);
             if let Err(e) = operator.emit(event, &*raw).await {
                 tracing::debug!(event, error = %e, "room emit failed");
             }
-            return;
+            return recipients;
         }
-        for socket in operator.sockets() {
+        let recipients = operator.sockets();
+        metrics::bytes_out(raw.get().len() * recipients.len());
+        for socket in &recipients {
             if let Err(e) = socket.emit(event, &*raw) {
-                self.emit_failed(&socket, event, e);
+                self.emit_failed(socket, event, e);
             }
         }
+        recipients.len()
     }
 
     /// A recipient whose outgoing buffer is full is not keeping up: it is
@@ -564,11 +576,19 @@ impl Worker {
         match e {
             SendError::Socket(SocketError::InternalChannelFull) => {
                 tracing::warn!(sid = %socket.id, event, "slow consumer: outgoing buffer full, disconnecting");
+                metrics::forced_disconnect("slow_consumer");
                 let _ = socket.clone().disconnect();
             }
             e => tracing::debug!(sid = %socket.id, event, error = %e, "emit failed"),
         }
     }
+}
+
+/// Serializes an outgoing payload once.
+fn encode<T: Serialize + ?Sized>(event: &str, data: &T) -> Option<Box<serde_json::value::RawValue>> {
+    serde_json::value::to_raw_value(data)
+        .map_err(|e| tracing::error!(event, error = %e, "cannot serialize an event"))
+        .ok()
 }
 
 type EventResult = Result<(), (&'static str, EventError)>;

@@ -31,6 +31,9 @@ use worker::Worker;
 /// slow consumer and is disconnected.
 const OUTGOING_BUFFER_PACKETS: usize = 1024;
 
+/// Initial read buffer of each WebSocket.
+const WS_READ_BUFFER_BYTES: usize = 1024;
+
 /// What every socket handler shares.
 #[derive(Clone)]
 pub struct App {
@@ -114,6 +117,9 @@ pub fn service(config: &Config, app: App) -> (SocketIoService<NotFoundService>, 
         .ws_max_message_size(max as usize)
         .ws_max_frame_size(max as usize)
         .max_buffer_size(OUTGOING_BUFFER_PACKETS)
+        // Allocated per WebSocket for its whole life; larger messages grow it
+        // while they are read (SOCKETIOXIDE-NOTES.md, point 4).
+        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .with_state(app)
         .build_svc();
     io.ns("/", on_connect.with(register_handlers));

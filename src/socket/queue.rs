@@ -26,15 +26,15 @@ pub const QUEUE_CAPACITY: usize = 1024;
 /// One unit of work for a socket's worker, in arrival order.
 #[derive(Debug)]
 pub enum Command {
-    Join(payloads::JoinSession),
-    SendMessage(payloads::SendMessage),
-    GetPublicKeys(payloads::SessionUser),
-    SavePublicKey(payloads::SavePublicKey),
-    SetSessionKey(payloads::SetSessionKey),
-    FileDownloaded(payloads::FileDownloaded),
-    Typing(payloads::SessionUser),
-    StoppedTyping(payloads::SessionUser),
-    Leave(payloads::SessionUser),
+    Join(Box<payloads::JoinSession>),
+    SendMessage(Box<payloads::SendMessage>),
+    GetPublicKeys(Box<payloads::SessionUser>),
+    SavePublicKey(Box<payloads::SavePublicKey>),
+    SetSessionKey(Box<payloads::SetSessionKey>),
+    FileDownloaded(Box<payloads::FileDownloaded>),
+    Typing(Box<payloads::SessionUser>),
+    StoppedTyping(Box<payloads::SessionUser>),
+    Leave(Box<payloads::SessionUser>),
     /// A known event whose payload did not decode.
     Invalid {
         event: &'static str,
@@ -51,7 +51,9 @@ pub enum Command {
 /// A client event this server handles, with how its payload becomes a [`Command`].
 pub struct Enqueue<P> {
     pub event: &'static str,
-    pub wrap: fn(P) -> Command,
+    /// Payloads are boxed in [`Command`] so that a queue slot stays small:
+    /// the queue's first block of slots is allocated for every socket.
+    pub wrap: fn(Box<P>) -> Command,
     pub tx: mpsc::Sender<Command>,
 }
 
@@ -63,7 +65,7 @@ where
     fn call(&self, s: Arc<Socket<A>>, mut v: Value, ack_id: Option<i64>) {
         crate::metrics::bytes_in(v.len());
         let command = match TryData::<P>::from_message_parts(&s, &mut v, &ack_id) {
-            Ok(TryData(Ok(payload))) => (self.wrap)(payload),
+            Ok(TryData(Ok(payload))) => (self.wrap)(Box::new(payload)),
             Ok(TryData(Err(e))) => Command::Invalid {
                 event: self.event,
                 reason: e.to_string(),

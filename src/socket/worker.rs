@@ -101,7 +101,11 @@ impl Worker {
             let started = Instant::now();
             // A bug in one handler must not end this socket's worker (its
             // queue would fill up) or take anything else down.
-            let handled = AssertUnwindSafe(self.handle(command)).catch_unwind().await;
+            // Boxed: an idle worker then holds only this loop, not the
+            // largest handler's state, for the whole life of its socket.
+            let handled = AssertUnwindSafe(Box::pin(self.handle(command)))
+                .catch_unwind()
+                .await;
             if handled.is_err() {
                 tracing::error!(sid = %self.conn, event, "event handler panicked");
             }
@@ -198,8 +202,8 @@ impl Worker {
         self.to_self("event-error", &error);
     }
 
-    async fn join(&mut self, p: payloads::JoinSession) {
-        let req = match join_request(p) {
+    async fn join(&mut self, p: Box<payloads::JoinSession>) {
+        let req = match join_request(*p) {
             Ok(req) => req,
             Err(e) => return self.session_error(&e),
         };
@@ -258,7 +262,7 @@ impl Worker {
         self.bound = Some(binding);
     }
 
-    async fn send_message(&mut self, p: payloads::SendMessage) -> EventResult {
+    async fn send_message(&mut self, p: Box<payloads::SendMessage>) -> EventResult {
         const EVENT: &str = "send-message";
         let b = self.binding(EVENT, p.session_id.as_deref(), p.from.as_deref())?;
         let invalid = |reason: &str| (EVENT, EventError::InvalidPayload(reason.into()));
@@ -318,7 +322,7 @@ impl Worker {
     }
 
     /// Before joining, the stock client asks once: an unbound socket gets `[]`.
-    fn get_public_keys(&mut self, p: payloads::SessionUser) -> EventResult {
+    fn get_public_keys(&mut self, p: Box<payloads::SessionUser>) -> EventResult {
         const EVENT: &str = "get-public-keys";
         let keys = match self.binding(EVENT, p.session_id.as_deref(), p.user_id.as_deref()) {
             Ok(b) => self.app.store.public_keys_for(&b.session, &b.user, &self.conn),
@@ -329,7 +333,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn save_public_key(&mut self, p: payloads::SavePublicKey) -> EventResult {
+    async fn save_public_key(&mut self, p: Box<payloads::SavePublicKey>) -> EventResult {
         const EVENT: &str = "save-public-key";
         let b = self.binding(EVENT, p.session_id.as_deref(), p.user_id.as_deref())?;
         let key = p.public_key.unwrap_or(Value::Null);
@@ -347,7 +351,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn set_session_key(&mut self, p: payloads::SetSessionKey) -> EventResult {
+    async fn set_session_key(&mut self, p: Box<payloads::SetSessionKey>) -> EventResult {
         const EVENT: &str = "set-session-key";
         let b = self.binding(EVENT, p.session_id.as_deref(), None)?;
         let invalid = || {
@@ -382,7 +386,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn file_downloaded(&mut self, p: payloads::FileDownloaded) -> EventResult {
+    async fn file_downloaded(&mut self, p: Box<payloads::FileDownloaded>) -> EventResult {
         const EVENT: &str = "file-downloaded";
         let b = self.binding(EVENT, p.session_id.as_deref(), p.downloaded_by.as_deref())?;
         let invalid = |reason: &str| (EVENT, EventError::InvalidPayload(reason.into()));
@@ -407,7 +411,7 @@ impl Worker {
     }
 
     /// `typing` / `stopped-typing`: dropped silently from a non-member.
-    async fn typing(&mut self, p: payloads::SessionUser, out_event: &'static str) -> EventResult {
+    async fn typing(&mut self, p: Box<payloads::SessionUser>, out_event: &'static str) -> EventResult {
         let event = if out_event == "user-typing" {
             "typing"
         } else {
@@ -434,7 +438,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn leave(&mut self, p: payloads::SessionUser) -> EventResult {
+    async fn leave(&mut self, p: Box<payloads::SessionUser>) -> EventResult {
         const EVENT: &str = "leave-session";
         let b = self.binding(EVENT, p.session_id.as_deref(), p.user_id.as_deref())?;
         self.bound = None;

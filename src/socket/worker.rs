@@ -95,8 +95,16 @@ impl Worker {
 
     /// Handles commands until the socket's disconnect has been handled.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut connected = false;
         while let Some(command) = rx.recv().await {
             let last = matches!(command, Command::Disconnect);
+            if !connected && !last {
+                if !self.wait_until_connected().await {
+                    tracing::debug!(sid = %self.conn, "socket never finished connecting");
+                    return;
+                }
+                connected = true;
+            }
             let event = command_name(&command);
             let started = Instant::now();
             // A bug in one handler must not end this socket's worker (its
@@ -114,6 +122,22 @@ impl Worker {
                 break;
             }
         }
+    }
+
+    /// socketioxide sends the connect packet *before* it marks the socket
+    /// connected, and refuses to emit to it until then; a client that answers
+    /// at once can get its first event here in between. Wait for the mark.
+    async fn wait_until_connected(&self) -> bool {
+        /// The gap is a few instructions on another thread; this bounds a socket that failed instead.
+        const CONNECT_MARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+        let deadline = Instant::now() + CONNECT_MARK_TIMEOUT;
+        while !self.socket.connected() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        true
     }
 
     async fn handle(&mut self, command: Command) {

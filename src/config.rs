@@ -222,7 +222,7 @@ impl Default for Config {
             send_burst_per_socket: 300,
             join_rate_per_min: 60,
             typing_rate_per_min: 600,
-            key_rate_per_min: 120,
+            key_rate_per_min: 600,
             metrics_addr: Some(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
             shutdown_drain: Duration::ZERO,
             test_panic_event: None,

@@ -412,13 +412,24 @@ impl Worker {
 
     async fn file_downloaded(&mut self, p: Box<payloads::FileDownloaded>) -> EventResult {
         const EVENT: &str = "file-downloaded";
-        let b = self.binding(EVENT, p.session_id.as_deref(), p.downloaded_by.as_deref())?;
+        let p = *p;
+        // `downloadedBy` is what the sender's page shows ("<who> downloaded
+        // your file"): the stock client sends its display name, or its user
+        // id when it has none. It is relayed as given, not checked as an id.
+        let b = self.binding(EVENT, p.session_id.as_deref(), None)?;
         let invalid = |reason: &str| (EVENT, EventError::InvalidPayload(reason.into()));
         let sender = p.sender_id.ok_or_else(|| invalid("senderId is required"))?;
         let file_name = p.file_name.unwrap_or_default();
         if file_name.len() > MAX_FILE_NAME_LEN {
             return Err(invalid("fileName is too long"));
         }
+        let downloaded_by = match p.downloaded_by {
+            Some(name) if name.len() > MAX_DISPLAY_NAME_LEN => {
+                return Err(invalid("downloadedBy is too long"))
+            }
+            Some(name) if !name.is_empty() => name,
+            _ => b.user.to_string(),
+        };
         let target = self
             .app
             .store
@@ -428,8 +439,8 @@ impl Worker {
             Some(Value::Number(n)) => Value::Number(n),
             _ => Value::from(epoch_ms()),
         };
-        let notice = json!({ "downloadedBy": b.user, "fileName": file_name, "timestamp": timestamp });
-        self.to_room(&conn_room(&target), "download-notification", &notice)
+        let notice = json!({ "downloadedBy": downloaded_by, "fileName": file_name, "timestamp": timestamp });
+        self.deliver(Target::Conn(&target), "download-notification", &notice)
             .await;
         Ok(())
     }

@@ -43,6 +43,7 @@ pub struct RunningServer {
     eviction: JoinHandle<()>,
     workers: TaskTracker,
     readiness: Readiness,
+    store: Store,
     drain: Duration,
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
 }
@@ -123,6 +124,7 @@ impl Server {
             ),
             None => None,
         };
+        let store_handle = store.clone();
         let eviction = tokio::spawn(eviction::run(
             store,
             io.clone(),
@@ -139,6 +141,7 @@ impl Server {
             eviction,
             workers,
             readiness,
+            store: store_handle,
             drain: config.shutdown_drain,
             metrics,
         })
@@ -173,6 +176,7 @@ impl RunningServer {
         self.readiness.set_draining();
         tokio::time::sleep(self.drain).await;
         self.stop.cancel();
+        self.announce_departures().await;
         if let Err(e) = self.io.local().disconnect().await {
             tracing::warn!(error = %e, "closing sockets failed");
         }
@@ -187,6 +191,25 @@ impl RunningServer {
             let _ = task.await;
         }
         tracing::info!("shut down");
+    }
+}
+
+impl RunningServer {
+    /// Tells every connected member that the others left, before the sockets
+    /// close (closing them all at once would leave nobody to tell).
+    async fn announce_departures(&self) {
+        let timestamp = crate::domain::epoch_ms();
+        for departures in self.store.remove_all_members() {
+            let room = socket::session_room(&departures.session);
+            for (user, display_name, conn) in &departures.members {
+                let mut notice = serde_json::json!({ "userId": user, "timestamp": timestamp });
+                if let Some(name) = display_name {
+                    notice["displayName"] = name.as_ref().into();
+                }
+                let to_others = self.io.to(room.clone()).except(socket::conn_room(conn));
+                let _ = to_others.emit("user-left", &notice).await;
+            }
+        }
     }
 }
 

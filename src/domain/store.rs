@@ -175,6 +175,13 @@ pub struct Left {
     pub public_keys: Vec<PublicKeyEntry>,
 }
 
+/// Members removed from one session at once: `(user, display name, socket)`.
+#[derive(Debug)]
+pub struct Departures {
+    pub session: SessionId,
+    pub members: Vec<(UserId, Option<Arc<str>>, ConnId)>,
+}
+
 /// A session evicted while members were still connected.
 #[derive(Debug)]
 pub struct Expired {
@@ -516,6 +523,30 @@ impl Store {
     /// current socket, otherwise nothing (the member rejoined from a newer one).
     pub fn disconnect(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Option<Left> {
         self.leave(session, user, conn).ok()
+    }
+
+    /// Removes every member of every session (at shutdown), returning who
+    /// left where so that the departures can be announced once.
+    pub fn remove_all_members(&self) -> Vec<Departures> {
+        let sessions: Vec<_> = read(&self.shared.sessions).values().cloned().collect();
+        let mut all = Vec::new();
+        for session in sessions {
+            let mut s = lock(&session);
+            if s.members.is_empty() {
+                continue;
+            }
+            s.public_keys.clear();
+            let members = s
+                .members
+                .drain()
+                .map(|(user, m)| (user, m.display_name, m.conn))
+                .collect();
+            all.push(Departures {
+                session: s.id.clone(),
+                members,
+            });
+        }
+        all
     }
 
     /// Evicts idle sessions; returns those that still had members, whose

@@ -558,3 +558,35 @@ async fn get_public_keys_from_an_unbound_socket_reveals_nothing_of_an_existing_s
     alice.expect_silence(std::time::Duration::ZERO).await;
     assert_eq!(members(&server, "room").await, 1);
 }
+
+// ------------------------------------------------------------ join storms
+
+/// A storm of joins, each sent the moment its client is connected (as the
+/// stock client does), on both transports: every one gets all its answers.
+/// (socketioxide sends the connect answer before it marks the socket
+/// connected and refuses emits until then; the worker waits for the mark.
+/// The window is too narrow to hit reliably here, so this guards the storm
+/// as a whole rather than that race alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_joins_sent_right_after_connecting_all_get_their_answers() {
+    let server = TestServer::start().await;
+    for round in 0..15 {
+        let joins = (0..20).map(|i| {
+            let server = &server;
+            async move {
+                let transport = if i % 2 == 0 {
+                    Transport::WebSocket
+                } else {
+                    Transport::Polling
+                };
+                let session_id = format!("storm-{round}-{i}");
+                let client = server.connect(transport).await;
+                let joined =
+                    join_ok(&client, join_payload(&format!("{session_id}:key"), "alice", true)).await;
+                assert_eq!(joined.metadata["chatMode"], "group");
+                client.close().await;
+            }
+        });
+        futures_util::future::join_all(joins).await;
+    }
+}

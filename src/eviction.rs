@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{JoinError, Store};
 use crate::limits::IpLimiter;
-use crate::socket::{conn_room, session_room};
+use crate::socket::{local_socket, session_room};
 
 /// Sweeps every `interval` until `stop` is cancelled. Members of a session
 /// evicted while they are still connected are told `SESSION_EXPIRED` and
@@ -44,10 +44,9 @@ pub async fn run(
         let notice = json!({ "error": error.code(), "message": error.to_string() });
         for session in expired {
             tracing::info!(session = %session.session.log_tag(), "session expired with members connected");
-            for conn in &session.conns {
-                let to = || io.to(conn_room(conn));
-                let _ = to().emit("session-error", &notice).await;
-                let _ = to().leave(session_room(&session.session)).await;
+            for socket in session.conns.iter().filter_map(|conn| local_socket(&io, conn)) {
+                let _ = socket.emit("session-error", &notice);
+                socket.leave(session_room(&session.session));
             }
         }
     }

@@ -94,6 +94,11 @@ pub fn forced_disconnect(reason: &'static str) {
     metrics::counter!("chat_forced_disconnects_total", "reason" => reason).increment(1);
 }
 
+/// A room broadcast that some socket's full buffer did not take.
+pub fn broadcast_incomplete() {
+    metrics::counter!("chat_broadcasts_incomplete_total").increment(1);
+}
+
 /// How long one event took to handle.
 pub fn event_handled(event: &'static str, took: Duration) {
     metrics::histogram!("chat_event_duration_seconds", "event" => event).record(took.as_secs_f64());

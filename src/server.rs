@@ -206,7 +206,10 @@ impl RunningServer {
                 if let Some(name) = display_name {
                     notice["displayName"] = name.as_ref().into();
                 }
-                let to_others = self.io.to(room.clone()).except(socket::conn_room(conn));
+                let to_others = match socket::local_socket(&self.io, conn) {
+                    Some(member) => member.to(room.clone()),
+                    None => self.io.to(room.clone()),
+                };
                 let _ = to_others.emit("user-left", &notice).await;
             }
         }

@@ -1,8 +1,7 @@
 //! The Socket.IO side: socketioxide set-up, rooms, and per-socket workers.
 //!
-//! Each socket joins a room named after its own id (`c:<sid>`) so that "to
-//! one member's socket" is a room emit, and the room of the session it
-//! joined (`s:<sessionId>`).
+//! A socket joins the room of the session it joined (`s:<sessionId>`); "to
+//! one member's socket" looks the socket up by its id.
 
 pub mod payloads;
 pub mod queue;
@@ -22,7 +21,7 @@ use crate::config::{Config, OriginalContent};
 use crate::domain::{ConnId, SessionId, Store};
 use crate::http::serve::ClientIp;
 use crate::limits::{IpCounter, Rate};
-use queue::{Command, Enqueue, EnqueueUnknown, QUEUE_CAPACITY};
+use queue::{Command, Dispatch, QUEUE_CAPACITY};
 use worker::Worker;
 
 /// Packets one socket may have waiting to be written. A long-polling client
@@ -99,9 +98,9 @@ pub fn session_room(id: &SessionId) -> String {
     format!("s:{id}")
 }
 
-/// The room holding exactly one socket.
-pub fn conn_room(conn: &ConnId) -> String {
-    format!("c:{conn}")
+/// The socket of `conn`, when it is connected to this server.
+pub fn local_socket(io: &SocketIo, conn: &ConnId) -> Option<SocketRef> {
+    io.get_socket(conn.as_str().parse().ok()?)
 }
 
 /// Builds the socketioxide service with the contract's Engine.IO settings.
@@ -151,29 +150,7 @@ async fn register_handlers(
         }
     }
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    socket.join(conn_room(&ConnId::new(socket.id.to_string())));
-    macro_rules! on {
-        ($event:literal, $variant:ident) => {
-            socket.on(
-                $event,
-                Enqueue {
-                    event: $event,
-                    wrap: Command::$variant,
-                    tx: tx.clone(),
-                },
-            );
-        };
-    }
-    on!("join-session", Join);
-    on!("send-message", SendMessage);
-    on!("get-public-keys", GetPublicKeys);
-    on!("save-public-key", SavePublicKey);
-    on!("set-session-key", SetSessionKey);
-    on!("file-downloaded", FileDownloaded);
-    on!("typing", Typing);
-    on!("stopped-typing", StoppedTyping);
-    on!("leave-session", Leave);
-    socket.on_fallback(EnqueueUnknown { tx: tx.clone() });
+    socket.on_fallback(Dispatch { tx: tx.clone() });
     socket.on_disconnect(move || async move {
         // Waits for room in the queue: the disconnect is handled after every
         // event that arrived before it.

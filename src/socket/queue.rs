@@ -1,11 +1,13 @@
 //! Arrival-ordered delivery of a socket's events to its worker.
 //!
 //! socketioxide spawns a task per event, which reorders a socket's events
-//! (SOCKETIOXIDE-NOTES.md, point 1). Instead, [`Enqueue`] implements
-//! socketioxide's `MessageHandler` directly: it runs synchronously when the
-//! packet arrives, decodes the payload there, and pushes the result into a
-//! bounded per-socket queue that one worker task drains in order. No task
-//! per event, and one slow event holds up only that socket's later events.
+//! (SOCKETIOXIDE-NOTES.md, point 1). Instead, [`Dispatch`] implements
+//! socketioxide's `MessageHandler` directly and is registered as the
+//! socket's only (fallback) handler: it runs synchronously when a packet
+//! arrives, decodes the payload by event name there, and pushes the result
+//! into a bounded per-socket queue that one worker task drains in order. No
+//! task per event, one handler per socket instead of one per event, and one
+//! slow event holds up only that socket's later events.
 
 use std::sync::Arc;
 
@@ -23,7 +25,12 @@ use super::payloads;
 /// by this much is flooding and is disconnected.
 pub const QUEUE_CAPACITY: usize = 1024;
 
-/// One unit of work for a socket's worker, in arrival order.
+/// Longest event name echoed back in `event-error`.
+const MAX_ECHOED_EVENT_LEN: usize = 64;
+
+/// One unit of work for a socket's worker, in arrival order. Payloads are
+/// boxed so that a queue slot stays small: the queue's first block of slots
+/// is allocated for every socket.
 #[derive(Debug)]
 pub enum Command {
     Join(Box<payloads::JoinSession>),
@@ -35,68 +42,72 @@ pub enum Command {
     Typing(Box<payloads::SessionUser>),
     StoppedTyping(Box<payloads::SessionUser>),
     Leave(Box<payloads::SessionUser>),
-    /// A known event whose payload did not decode.
-    Invalid {
-        event: &'static str,
-        reason: String,
-    },
-    /// An event nobody handles.
-    Unknown {
-        event: String,
-    },
+    /// A known event whose payload did not decode: the event and why.
+    Invalid(&'static str, Box<String>),
+    /// An event nobody handles, by name (cut to 64 bytes).
+    Unknown(Box<String>),
     /// The socket is gone; always the last command.
     Disconnect,
 }
 
-/// A client event this server handles, with how its payload becomes a [`Command`].
-pub struct Enqueue<P> {
-    pub event: &'static str,
-    /// Payloads are boxed in [`Command`] so that a queue slot stays small:
-    /// the queue's first block of slots is allocated for every socket.
-    pub wrap: fn(Box<P>) -> Command,
+/// The handler of every event of one socket.
+pub struct Dispatch {
     pub tx: mpsc::Sender<Command>,
 }
 
-impl<A, P> MessageHandler<A, P> for Enqueue<P>
-where
-    A: Adapter,
-    P: DeserializeOwned + Send + Sync + 'static,
-{
+impl<A: Adapter> MessageHandler<A, ()> for Dispatch {
     fn call(&self, s: Arc<Socket<A>>, mut v: Value, ack_id: Option<i64>) {
         crate::metrics::bytes_in(v.len());
-        let command = match TryData::<P>::from_message_parts(&s, &mut v, &ack_id) {
-            Ok(TryData(Ok(payload))) => (self.wrap)(Box::new(payload)),
-            Ok(TryData(Err(e))) => Command::Invalid {
-                event: self.event,
-                reason: e.to_string(),
-            },
-            Err(never) => match never {},
+        let Ok(Event(event)) = Event::from_message_parts(&s, &mut v, &ack_id) else {
+            return;
+        };
+        let mut decode = Decoder {
+            s: &s,
+            v: &mut v,
+            ack_id: &ack_id,
+        };
+        let command = match event.as_str() {
+            "join-session" => decode.command("join-session", Command::Join),
+            "send-message" => decode.command("send-message", Command::SendMessage),
+            "get-public-keys" => decode.command("get-public-keys", Command::GetPublicKeys),
+            "save-public-key" => decode.command("save-public-key", Command::SavePublicKey),
+            "set-session-key" => decode.command("set-session-key", Command::SetSessionKey),
+            "file-downloaded" => decode.command("file-downloaded", Command::FileDownloaded),
+            "typing" => decode.command("typing", Command::Typing),
+            "stopped-typing" => decode.command("stopped-typing", Command::StoppedTyping),
+            "leave-session" => decode.command("leave-session", Command::Leave),
+            _ => Command::Unknown(Box::new(truncated(event, MAX_ECHOED_EVENT_LEN))),
         };
         push(&self.tx, s, command);
     }
 }
 
-/// The fallback for events nobody registered.
-pub struct EnqueueUnknown {
-    pub tx: mpsc::Sender<Command>,
+/// Decodes one packet's payload into the command of its event.
+struct Decoder<'a, A: Adapter> {
+    s: &'a Arc<Socket<A>>,
+    v: &'a mut Value,
+    ack_id: &'a Option<i64>,
 }
 
-impl<A: Adapter> MessageHandler<A, ()> for EnqueueUnknown {
-    fn call(&self, s: Arc<Socket<A>>, mut v: Value, ack_id: Option<i64>) {
-        /// Longest event name echoed back in `event-error`.
-        const MAX_ECHOED_EVENT_LEN: usize = 64;
-        let Ok(Event(mut event)) = Event::from_message_parts(&s, &mut v, &ack_id) else {
-            return;
-        };
-        if event.len() > MAX_ECHOED_EVENT_LEN {
-            let mut end = MAX_ECHOED_EVENT_LEN;
-            while !event.is_char_boundary(end) {
-                end -= 1;
-            }
-            event.truncate(end);
+impl<A: Adapter> Decoder<'_, A> {
+    fn command<P: DeserializeOwned>(&mut self, event: &'static str, wrap: fn(Box<P>) -> Command) -> Command {
+        match TryData::<P>::from_message_parts(self.s, self.v, self.ack_id) {
+            Ok(TryData(Ok(payload))) => wrap(Box::new(payload)),
+            Ok(TryData(Err(e))) => Command::Invalid(event, Box::new(e.to_string())),
+            Err(never) => match never {},
         }
-        push(&self.tx, s, Command::Unknown { event });
     }
+}
+
+fn truncated(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 /// Queues `command`; a socket whose queue is full is flooding and is cut off.

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::payloads::{self, display_name, join_request, json_len, *};
 use super::queue::Command;
-use super::{conn_room, session_room, App};
+use super::{local_socket, session_room, App};
 use crate::config::OriginalContent;
 use crate::domain::ids::SessionRef;
 use crate::domain::message::MessageView;
@@ -27,10 +27,14 @@ use crate::limits::{Bucket, Rate};
 use crate::metrics;
 
 /// Payloads at least this large are encoded once and shared by a room
-/// broadcast. Smaller ones go to each recipient on its own, so that a
-/// recipient whose outgoing buffer is full is noticed and disconnected (a
-/// slow consumer must not make the server buffer without bound).
+/// broadcast, whatever the room's size: copying them per recipient would
+/// cost more memory than a slow consumer can.
 const SHARED_ENCODING_MIN_BYTES: usize = 64 * 1024;
+
+/// Rooms of up to this many recipients get each message socket by socket
+/// (a slow consumer is noticed and disconnected at once); larger rooms get
+/// one shared encoding, which costs far less per recipient.
+const PER_RECIPIENT_MAX: usize = 8;
 
 /// Rate-limited events refused in a row before the socket is cut off: a
 /// client that keeps sending after `RATE_LIMITED` is flooding.
@@ -157,7 +161,8 @@ impl Worker {
             Command::Typing(p) => self.typing(p, "user-typing").await,
             Command::StoppedTyping(p) => self.typing(p, "user-stopped-typing").await,
             Command::Leave(p) => self.leave(p).await,
-            Command::Invalid { event, reason } => {
+            Command::Invalid(event, reason) => {
+                let reason = *reason;
                 if event == "join-session" {
                     self.session_error(&JoinError::InvalidPayload(reason));
                     Ok(())
@@ -165,7 +170,7 @@ impl Worker {
                     Err((event, EventError::InvalidPayload(reason)))
                 }
             }
-            Command::Unknown { event } => {
+            Command::Unknown(event) => {
                 if self.app.test_panic_event.as_deref() == Some(event.as_str()) {
                     let session = self.bound.as_ref().map(|b| b.session.clone());
                     match session {
@@ -261,7 +266,9 @@ impl Worker {
             }
             JoinKind::Rejoined { previous } => {
                 tracing::debug!(session = %binding.session.log_tag(), "member rejoined from a new socket");
-                let _ = self.io.to(conn_room(previous)).leave(room.clone()).await;
+                if let Some(old) = local_socket(&self.io, previous) {
+                    old.leave(room.clone());
+                }
             }
             JoinKind::Repeat => {}
         }
@@ -578,28 +585,35 @@ impl Worker {
         self.deliver(Target::Others(room), event, data).await;
     }
 
-    /// Serializes `data` once and sends it to `target` (see
-    /// [`SHARED_ENCODING_MIN_BYTES`] for how); returns the number of recipients.
+    /// Serializes `data` once and sends it to `target`; returns the number
+    /// of recipients. Small rooms get it socket by socket, so that a
+    /// recipient whose outgoing buffer is full is noticed and disconnected;
+    /// large rooms and large payloads get one shared encoding by a room
+    /// broadcast (see [`PER_RECIPIENT_MAX`], [`SHARED_ENCODING_MIN_BYTES`]).
     async fn deliver<T: Serialize + ?Sized>(&self, target: Target<'_>, event: &str, data: &T) -> usize {
         let Some(raw) = encode(event, data) else { return 0 };
-        let room = match target {
-            Target::Room(room) | Target::Others(room) => room.to_owned(),
-            Target::Conn(conn) => conn_room(conn),
-        };
+        let size = raw.get().len();
         let operator = match target {
-            Target::Others(_) => self.socket.to(room),
-            Target::Room(_) | Target::Conn(_) => self.io.to(room),
+            Target::Room(room) => Some(self.io.to(room.to_owned())),
+            Target::Others(room) => Some(self.socket.to(room.to_owned())),
+            Target::Conn(_) => None,
         };
-        if raw.get().len() >= SHARED_ENCODING_MIN_BYTES {
-            let recipients = operator.clone().sockets().len();
-            metrics::bytes_out(raw.get().len() * recipients);
+        let recipients: Vec<SocketRef> = match (&operator, target) {
+            (Some(operator), _) => operator.clone().sockets(),
+            (None, Target::Conn(conn)) => local_socket(&self.io, conn).into_iter().collect(),
+            (None, _) => Vec::new(),
+        };
+        metrics::bytes_out(size * recipients.len());
+        let shared = size >= SHARED_ENCODING_MIN_BYTES || recipients.len() > PER_RECIPIENT_MAX;
+        if let Some(operator) = operator.filter(|_| shared) {
             if let Err(e) = operator.emit(event, &*raw).await {
-                tracing::debug!(event, error = %e, "room emit failed");
+                // The sockets that could not take it are not named; the
+                // heartbeat ends them if they have stopped reading.
+                tracing::debug!(event, error = %e, "room broadcast not taken by every socket");
+                metrics::broadcast_incomplete();
             }
-            return recipients;
+            return recipients.len();
         }
-        let recipients = operator.sockets();
-        metrics::bytes_out(raw.get().len() * recipients.len());
         for socket in &recipients {
             if let Err(e) = socket.emit(event, &*raw) {
                 self.emit_failed(socket, event, e);
@@ -662,8 +676,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::Typing(_) => "typing",
         Command::StoppedTyping(_) => "stopped-typing",
         Command::Leave(_) => "leave-session",
-        Command::Invalid { event, .. } => event,
-        Command::Unknown { .. } => "unknown",
+        Command::Invalid(event, _) => event,
+        Command::Unknown(_) => "unknown",
         Command::Disconnect => "disconnect",
     }
 }

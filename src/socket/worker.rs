@@ -104,7 +104,6 @@ impl Worker {
             let last = matches!(command, Command::Disconnect);
             if !connected && !last {
                 if !self.wait_until_connected().await {
-                    tracing::debug!(sid = %self.conn, "socket never finished connecting");
                     return;
                 }
                 connected = true;
@@ -130,13 +129,15 @@ impl Worker {
 
     /// socketioxide sends the connect packet *before* it marks the socket
     /// connected, and refuses to emit to it until then; a client that answers
-    /// at once can get its first event here in between. Wait for the mark.
+    /// at once can get its first event here in between. Wait for the mark
+    /// for as long as the socket exists (a failed connect removes it).
     async fn wait_until_connected(&self) -> bool {
-        /// The gap is a few instructions on another thread; this bounds a socket that failed instead.
-        const CONNECT_MARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+        /// Only a socket stuck half-connected for this long is given up.
+        const CONNECT_MARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
         let deadline = Instant::now() + CONNECT_MARK_TIMEOUT;
         while !self.socket.connected() {
-            if Instant::now() >= deadline {
+            if self.io.get_socket(self.socket.id).is_none() || Instant::now() >= deadline {
+                tracing::warn!(sid = %self.conn, "socket never finished connecting");
                 return false;
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;

@@ -772,12 +772,14 @@ test('foreign origin: a page from an origin not in CLIENT_URL cannot reserve (CO
   await cdp.send('Network.enable');
   // A response that CORS then blocks shows up as responseReceivedExtraInfo
   // (raw status and headers), not as responseReceived.
+  // ExtraInfo events may arrive before the request they belong to, so
+  // statuses are matched with their URLs only once everything has come in.
   const urls = new Map();
-  const statuses = [];
+  const seen = [];
   cdp.on('Network.requestWillBeSent', (e) => urls.set(e.requestId, e.request.url));
   cdp.on('Network.webSocketCreated', (e) => urls.set(e.requestId, e.url));
-  cdp.on('Network.responseReceivedExtraInfo', (e) => statuses.push({ url: urls.get(e.requestId) || '?', status: e.statusCode }));
-  cdp.on('Network.webSocketHandshakeResponseReceived', (e) => statuses.push({ url: urls.get(e.requestId) || 'ws', status: e.response.status }));
+  cdp.on('Network.responseReceivedExtraInfo', (e) => seen.push({ id: e.requestId, status: e.statusCode, fallback: '?' }));
+  cdp.on('Network.webSocketHandshakeResponseReceived', (e) => seen.push({ id: e.requestId, status: e.response.status, fallback: 'ws' }));
   const ws = await eve.eval(() => window.chat.probeConnect({ transports: ['websocket'], timeoutMs: 4000 }));
   const poll = await eve.eval(() => window.chat.probeConnect({ transports: ['polling'], timeoutMs: 4000 }));
   const stockJoin = await eve.eval(() => window.chat.join('nosuchroom:key', { displayName: 'Eve', timeoutMs: 5000 }));
@@ -785,6 +787,7 @@ test('foreign origin: a page from an origin not in CLIENT_URL cannot reserve (CO
   assert(!poll.connected, `no polling connection from the foreign origin: ${JSON.stringify(poll)}`);
   assert(!stockJoin.ok, `join from the foreign origin fails: ${JSON.stringify(stockJoin)}`);
   assert((await eve.state()).connectErrors.length > 0, 'the page saw connect_error');
+  const statuses = seen.map((x) => ({ url: urls.get(x.id) || x.fallback, status: x.status }));
   const pollStatuses = statuses.filter((x) => x.url.includes('transport=polling')).map((x) => x.status);
   assert(pollStatuses.length > 0 && pollStatuses.every((x) => x === 403), `Chromium got 403 for the polling handshake: ${JSON.stringify(statuses)}`);
   tapComment(`Chromium's network log for /socket.io/: ${JSON.stringify(statuses.map((x) => `${x.status} ${x.url.replace(/^.*\/socket\.io\//, '')}`))}`);

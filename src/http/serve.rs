@@ -161,6 +161,28 @@ pub fn retry_after(wait: Duration) -> HeaderValue {
     HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64)
 }
 
+/// Whether a new connection sends enough to tell HTTP/1 from HTTP/2 within
+/// the header-read timeout. hyper's own timeout starts only once it reads a
+/// request, and its version detection waits for the whole 24-byte HTTP/2
+/// preface: silent or half-preface connections would otherwise stay open
+/// for ever and, `MAX_CONNECTIONS` of them, lock everyone out.
+async fn opening_arrives(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    /// Pause between looks at a partial preface (peeking does not wait for more).
+    const PARTIAL_PREFACE_POLL: Duration = Duration::from_millis(10);
+    let opening = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return true,
+                Ok(_) => tokio::time::sleep(PARTIAL_PREFACE_POLL).await,
+            }
+        }
+    };
+    tokio::time::timeout(within, opening).await.unwrap_or(false)
+}
+
 /// Limits of the accept loop.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
@@ -208,11 +230,14 @@ pub async fn serve(
                 let door = door.clone();
                 async move { Ok::<_, Infallible>(door.handle(peer, req).await) }
             }));
-        let connection =
-            builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _ = connection.await;
+            if opening_arrives(&stream, limits.header_read_timeout).await {
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+                let _ = watcher.watch(connection.into_owned()).await;
+            }
             drop(permit);
         });
     }

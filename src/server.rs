@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::Method;
 use socketioxide::SocketIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -94,14 +94,12 @@ impl Server {
             handshakes: handshakes.clone(),
         };
 
-        let listener = TcpListener::bind((config.host, config.port))
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {}:{} (check HOST and PORT)",
-                    config.host, config.port
-                )
-            })?;
+        let listener = listen(SocketAddr::new(config.host, config.port)).with_context(|| {
+            format!(
+                "cannot listen on {}:{} (check HOST and PORT)",
+                config.host, config.port
+            )
+        })?;
         let addr = listener.local_addr()?;
 
         let stop = CancellationToken::new();
@@ -146,6 +144,22 @@ impl Server {
             metrics,
         })
     }
+}
+
+/// Pending connections the kernel may queue before `accept`: a join storm
+/// (everyone reconnecting after a restart) must not overflow it. The std
+/// default is 128; the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn per_minute_or_unlimited(per_min: u32) -> Rate {

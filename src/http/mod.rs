@@ -2,6 +2,7 @@
 //! answers for everything else.
 
 pub mod error;
+pub mod killable;
 pub mod serve;
 
 use std::sync::Arc;

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_http::cors::CorsLayer;
 
+use super::killable::{Kill, KillableStream};
 use crate::config::AllowedOrigins;
 use crate::limits::IpLimiter;
 
@@ -75,7 +76,7 @@ pub struct Frontdoor {
 }
 
 impl Frontdoor {
-    async fn handle(self, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
+    async fn handle(self, peer: SocketAddr, kill: Kill, mut req: Request<Incoming>) -> Response<Body> {
         let ip = ClientIp(self.client_ip(&req, peer));
         if !req.uri().path().starts_with(SOCKET_IO_PATH) {
             req.extensions_mut().insert(ip);
@@ -102,7 +103,7 @@ impl Frontdoor {
                 return res;
             }
         }
-        let req = lean_request(req, ip);
+        let req = lean_request(req, ip, kill);
         match self.socket_io.oneshot(req).await {
             Ok(res) => res.map(Body::new),
             Err(never) => match never {},
@@ -130,8 +131,9 @@ fn is_new_handshake(uri: &Uri) -> bool {
 }
 
 /// A copy of `req` with fresh copies of only the engine's headers, a copied
-/// URI, and no extension but hyper's upgrade handle and the client IP.
-fn lean_request(req: Request<Incoming>, ip: ClientIp) -> Request<Incoming> {
+/// URI, and no extension but hyper's upgrade handle, the client IP and the
+/// connection's kill switch.
+fn lean_request(req: Request<Incoming>, ip: ClientIp, kill: Kill) -> Request<Incoming> {
     let (mut parts, body) = req.into_parts();
     let uri: Uri = parts.uri.to_string().parse().unwrap_or_default();
     let mut lean = Request::new(body);
@@ -149,6 +151,7 @@ fn lean_request(req: Request<Incoming>, ip: ClientIp) -> Request<Incoming> {
         lean.extensions_mut().insert(upgrade);
     }
     lean.extensions_mut().insert(ip);
+    lean.extensions_mut().insert(kill);
     lean
 }
 
@@ -224,16 +227,18 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let door = frontdoor.clone();
-        let service = tower::ServiceBuilder::new()
-            .layer(cors.clone())
-            .service(tower::service_fn(move |req| {
-                let door = door.clone();
-                async move { Ok::<_, Infallible>(door.handle(peer, req).await) }
-            }));
+        let cors = cors.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             if opening_arrives(&stream, limits.header_read_timeout).await {
+                let (stream, kill) = KillableStream::new(stream);
+                let service = tower::ServiceBuilder::new()
+                    .layer(cors)
+                    .service(tower::service_fn(move |req| {
+                        let (door, kill) = (door.clone(), kill.clone());
+                        async move { Ok::<_, Infallible>(door.handle(peer, kill, req).await) }
+                    }));
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
                 let _ = watcher.watch(connection.into_owned()).await;

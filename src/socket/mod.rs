@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, OriginalContent};
 use crate::domain::{ConnId, SessionId, Store};
+use crate::http::killable::Kill;
 use crate::http::serve::ClientIp;
 use crate::limits::{IpCounter, Rate};
 use queue::{Command, Dispatch, QUEUE_CAPACITY};
@@ -96,6 +97,18 @@ impl App {
 /// The room of a session's members.
 pub fn session_room(id: &SessionId) -> String {
     format!("s:{id}")
+}
+
+/// Cuts a socket off for good: out of the namespace (when its buffer has
+/// room for the disconnect packet) and its connection closed, so that a
+/// flooder or a reader that stopped reading is really gone. The engine then
+/// closes the socket and its departure is handled as any other.
+pub fn cut_off<A: socketioxide::adapter::Adapter>(socket: &SocketRef<A>) {
+    let kill = socket.req_parts().extensions.get::<Kill>().cloned();
+    let _ = socket.clone().disconnect();
+    if let Some(kill) = kill {
+        kill.kill();
+    }
 }
 
 /// The socket of `conn`, when it is connected to this server.

@@ -117,7 +117,7 @@ fn push<A: Adapter>(tx: &mpsc::Sender<Command>, s: Arc<Socket<A>>, command: Comm
         Err(TrySendError::Full(_)) => {
             tracing::warn!(sid = %s.id, "event queue full, disconnecting the socket");
             crate::metrics::forced_disconnect("queue_full");
-            let _ = SocketRef::from(s).disconnect();
+            super::cut_off(&SocketRef::from(s));
         }
     }
 }

@@ -1,0 +1,42 @@
+//! `set-session-key`: arbitrary bytes as JSON into the payload struct, the
+//! worker's shape and size checks, then the store call.
+#![no_main]
+
+use e2e_chat_server::domain::EventError;
+use e2e_chat_server::socket::payloads::{json_len, SetSessionKey, MAX_WRAPPED_KEYS_BYTES};
+use e2e_chat_server_fuzz::{check, seeded, session_of, speaker};
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, json)) = data.split_first() else {
+        return;
+    };
+    let Ok(p) = serde_json::from_slice::<SetSessionKey>(json) else {
+        return;
+    };
+    let Some(session) = p.session_id.as_deref().and_then(session_of) else {
+        return;
+    };
+    let Some(Value::Object(keys)) = p.encrypted_keys else {
+        return;
+    };
+    if !keys.values().all(Value::is_string)
+        || keys.iter().map(|(k, v)| k.len() + json_len(v)).sum::<usize>() > MAX_WRAPPED_KEYS_BYTES
+    {
+        return;
+    }
+    let (user, c) = speaker(selector);
+    let store = seeded();
+    let result = store.set_session_key(&session, &user, &c, keys.clone());
+    check(&store);
+    match result {
+        Ok(stored) => {
+            assert_eq!(session.as_str(), "room", "only the group session takes a key");
+            assert_eq!(user.as_str(), "alice", "only the creator sets the key");
+            assert_eq!(*stored, keys);
+        }
+        Err(EventError::NotInSession | EventError::NotAllowed(_)) => {}
+        Err(e) => panic!("unexpected refusal {e:?}"),
+    }
+});

@@ -10,6 +10,8 @@
 # Options:
 #   --only rust|node       run one server only
 #   --scenarios a,b,...    subset of: fanout,max5,max50,idle,history,large
+#                          (results of the other scenarios from the previous
+#                          run in the same work directory stay in the report)
 #   --out FILE             markdown output (default bench/RESULTS.md; smoke
 #                          mode writes only under the work directory)
 #   --no-build             use the binaries and node_modules already there
@@ -48,9 +50,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-WORK="${BENCH_WORK_DIR:-$ROOT/target/bench-compare}"
+WORK="${BENCH_WORK_DIR:-$ROOT/target/bench-$( [ "$MODE" = smoke ] && echo smoke || echo compare)}"
 mkdir -p "$WORK"
-rm -f "$WORK"/*.json "$WORK"/*.log "$WORK"/*.txt "$WORK"/*.md
 if [ -z "$OUT" ]; then
   if [ "$MODE" = smoke ]; then OUT="$WORK/RESULTS-smoke.md"; else OUT="$ROOT/bench/RESULTS.md"; fi
 fi
@@ -123,10 +124,20 @@ case "$MODE" in
     A_MAX50="max --sessions 20 --users 50 --start 10000 --factor 1.5 --step-secs 10 --max-steps 14 --refine 3"
     A_IDLE="idle --connections 10000 --hold 10"
     A_HISTORY="history --sessions 50 --joiners 10 --levels 0,50,500"
-    A_LARGE="large --sizes 1000000,5000000 --sessions 2 --count 10"
+    A_LARGE="large --sizes 1000000,5000000 --sessions 4 --count 20"
     ;;
 esac
 SCEN="${SCENARIOS:-$DEFAULT_SCEN}"
+
+# A full run starts from a clean slate; a run of a subset (--scenarios,
+# --only) replaces only its own results, so the report still shows the rest.
+if [ -z "$SCENARIOS" ] && [ -z "$ONLY" ]; then
+  rm -f "$WORK"/*.json "$WORK"/*.log "$WORK"/*.txt "$WORK"/*.md
+fi
+IFS=',' read -r -a scen_list <<<"$SCEN"
+for scen in "${scen_list[@]}"; do
+  for kind in "${servers[@]}"; do rm -f "$WORK/$kind-$scen".*; done
+done
 
 args_of() {
   case "$1" in
@@ -142,12 +153,13 @@ args_of() {
 
 # ---------------------------------------------------------------- servers
 SERVER_PID=""
-PORT_BASE=${BENCH_PORT_BASE:-39100}
+# Below the kernel's ephemeral range (32768-60999 by default), so that no
+# client connection of this or another program holds the port.
+PORT_BASE=${BENCH_PORT_BASE:-21100}
 PORT=$PORT_BASE
 
-start_server() { # kind, log file
+launch_server() { # kind, log file; uses $PORT
   local kind=$1 log=$2
-  PORT=$((PORT + 1))
   case "$kind" in
     rust)
       env HOST=127.0.0.1 PORT="$PORT" CLIENT_URL=http://localhost:5173 \
@@ -166,8 +178,18 @@ start_server() { # kind, log file
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
     sleep 0.1
   done
-  echo "error: $kind server did not come up on port $PORT; log:" >&2
-  tail -20 "$log" >&2
+  stop_server
+  return 1
+}
+
+start_server() { # kind, log file; a fresh port each time, a few tries
+  local try
+  for try in 1 2 3 4 5; do
+    PORT=$((PORT + 1))
+    if launch_server "$1" "$2"; then return 0; fi
+    echo "warning: $1 server did not come up on port $PORT (try $try); log:" >&2
+    tail -5 "$2" >&2
+  done
   return 1
 }
 
@@ -189,12 +211,15 @@ trap stop_server EXIT INT TERM
 date -u +"%Y-%m-%d %H:%M:%S UTC" >"$WORK/date.txt"
 cat /proc/loadavg >"$WORK/loadavg-start.txt"
 failures=0
-IFS=',' read -r -a scen_list <<<"$SCEN"
 for scen in "${scen_list[@]}"; do
   args=$(args_of "$scen")
   for kind in "${servers[@]}"; do
     echo "== $scen on $kind: e2e-chat-bench $args"
-    start_server "$kind" "$WORK/$kind-$scen-server.log"
+    if ! start_server "$kind" "$WORK/$kind-$scen-server.log"; then
+      echo "error: the $kind server did not start; skipping $scen on $kind" >&2
+      failures=$((failures + 1))
+      continue
+    fi
     # shellcheck disable=SC2086 # $args is a list of words
     if ! timeout 900 "${PRIO[@]}" taskset -c "$CLIENT_CPU" "$BENCH" \
         --server "127.0.0.1:$PORT" --server-pid "$SERVER_PID" \

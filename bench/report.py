@@ -253,8 +253,13 @@ def build(work, mode, command):
                 shares += [(s, w, f"{kind}/{scen}") for s, w in client_cpu_shares(d) if w >= 1.0]
     if shares:
         top = max(shares, key=lambda x: x[0])
-        verdict = ("it was never the bottleneck" if top[0] < 0.7 else
-                   "close to a full core: results at that point may be limited by the load generator")
+        if top[0] < 0.7:
+            verdict = "it was never near its limit"
+        elif top[0] < 0.93:
+            verdict = ("busy but below saturation (the RT cap is 95 %); it did not set the limits measured, "
+                       "but leaves little headroom at those rates")
+        else:
+            verdict = "saturated: results at that point are limited by the load generator"
         out.append("## The load generator\n")
         out.append(f"Highest CPU share of its core over any measured interval of at least 1 s: "
                    f"{top[0] * 100:.0f}% ({top[2]}); {verdict}.\n")

@@ -67,9 +67,11 @@ async fn hold_conn(
     sem: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let started = Instant::now();
+    let mut started = Instant::now();
     let joined = async {
         let _permit = sem.acquire().await?;
+        // Join latency: from the start of the handshake, not of the wait for a slot.
+        started = Instant::now();
         let mut c = Client::connect(ctx.addr).await?;
         let pk = public_key(m.global);
         let j = c

@@ -160,7 +160,7 @@ impl Worker {
                 Ok(())
             }
             Command::SendMessage(p) => self.send_message(p).await,
-            Command::GetPublicKeys(p) => self.get_public_keys(p),
+            Command::GetPublicKeys(p) => self.get_public_keys(&p),
             Command::SavePublicKey(p) => self.save_public_key(p).await,
             Command::SetSessionKey(p) => self.set_session_key(p).await,
             Command::FileDownloaded(p) => self.file_downloaded(p).await,
@@ -366,7 +366,7 @@ impl Worker {
     }
 
     /// Before joining, the stock client asks once: an unbound socket gets `[]`.
-    fn get_public_keys(&mut self, p: Box<payloads::SessionUser>) -> EventResult {
+    fn get_public_keys(&mut self, p: &payloads::SessionUser) -> EventResult {
         const EVENT: &str = "get-public-keys";
         let keys = match self.binding(EVENT, p.session_id.as_deref(), p.user_id.as_deref()) {
             Ok(b) => self.app.store.public_keys_for(&b.session, &b.user, &self.conn),

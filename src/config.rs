@@ -149,8 +149,20 @@ pub struct Config {
     /// `MAX_TOTAL_HISTORY_BYTES`: history bytes of all sessions together; past it
     /// the oldest messages of the largest sessions go first.
     pub max_total_history_bytes: usize,
-    /// `REDIS_URL`: unset runs the embedded in-memory store.
+    /// `REDIS_URL`: unset runs the embedded in-memory store; set, every node
+    /// with the same URL and prefix shares sessions and emits through Redis.
     pub redis_url: Option<String>,
+    /// `REDIS_PREFIX`: of every Redis key and pub/sub channel, so that
+    /// several deployments can share one Redis.
+    pub redis_prefix: String,
+    /// `NODE_ID`: this node's name in Redis; a random one per start when unset.
+    pub node_id: String,
+    /// `NODE_TIMEOUT_SECS`: a node whose heartbeat is older is dead, and the
+    /// others remove its members. Heartbeats and checks run every third of it.
+    pub node_timeout: Duration,
+    /// `STORE_TIMEOUT_MS`: the longest a Redis call may take before the
+    /// event fails with `STORE_UNAVAILABLE`.
+    pub store_timeout: Duration,
     /// `MAX_CONNECTIONS`: open TCP connections at once; more wait in the backlog.
     pub max_connections: usize,
     /// `HEADER_READ_TIMEOUT_SECS`: time a client has to send a request's headers (slowloris).
@@ -211,6 +223,10 @@ impl Default for Config {
             max_history_bytes: 64 * 1024 * 1024,
             max_total_history_bytes: 1024 * 1024 * 1024,
             redis_url: None,
+            redis_prefix: "e2e".into(),
+            node_id: uuid::Uuid::new_v4().simple().to_string(),
+            node_timeout: Duration::from_secs(15),
+            store_timeout: Duration::from_millis(2000),
             max_connections: 20_000,
             header_read_timeout: Duration::from_secs(10),
             api_request_timeout: Duration::from_secs(10),
@@ -282,6 +298,35 @@ impl Config {
             max_total_history_bytes: env
                 .positive("MAX_TOTAL_HISTORY_BYTES", defaults.max_total_history_bytes)?,
             redis_url: env.get("REDIS_URL"),
+            redis_prefix: env.with("REDIS_PREFIX", defaults.redis_prefix.clone(), |v| {
+                let ok = !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if ok {
+                    Ok(v.to_owned())
+                } else {
+                    Err("expected 1 to 64 characters of A-Z a-z 0-9 - _ .".into())
+                }
+            })?,
+            node_id: env.with("NODE_ID", defaults.node_id.clone(), |v| {
+                let ok = !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if ok {
+                    Ok(v.to_owned())
+                } else {
+                    Err("expected 1 to 64 characters of A-Z a-z 0-9 - _ .".into())
+                }
+            })?,
+            node_timeout: env.with("NODE_TIMEOUT_SECS", defaults.node_timeout, |v| {
+                match v.parse::<u64>() {
+                    Ok(n) if (2..=300).contains(&n) => Ok(Duration::from_secs(n)),
+                    _ => Err("expected a whole number of seconds from 2 to 300".into()),
+                }
+            })?,
+            store_timeout: env.millis("STORE_TIMEOUT_MS", defaults.store_timeout)?,
             max_connections: env.positive("MAX_CONNECTIONS", defaults.max_connections)?,
             header_read_timeout: env.secs("HEADER_READ_TIMEOUT_SECS", defaults.header_read_timeout)?,
             api_request_timeout: env.secs("API_REQUEST_TIMEOUT_SECS", defaults.api_request_timeout)?,
@@ -356,6 +401,10 @@ impl Config {
                 self.max_total_history_bytes.to_string(),
             ),
             ("REDIS_URL", opt(self.redis_url.as_deref().map(mask_url_password))),
+            ("REDIS_PREFIX", self.redis_prefix.clone()),
+            ("NODE_ID", self.node_id.clone()),
+            ("NODE_TIMEOUT_SECS", secs(self.node_timeout)),
+            ("STORE_TIMEOUT_MS", self.store_timeout.as_millis().to_string()),
             ("MAX_CONNECTIONS", self.max_connections.to_string()),
             ("HEADER_READ_TIMEOUT_SECS", secs(self.header_read_timeout)),
             ("API_REQUEST_TIMEOUT_SECS", secs(self.api_request_timeout)),
@@ -383,7 +432,7 @@ impl Config {
 }
 
 /// `redis://user:secret@host` → `redis://user:***@host`.
-fn mask_url_password(url: &str) -> String {
+pub fn mask_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

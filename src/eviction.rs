@@ -2,22 +2,22 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
+use socketioxide::adapter::Adapter;
 use socketioxide::SocketIo;
 use tokio::time::{self, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{JoinError, Store};
+use crate::domain::Store;
 use crate::limits::IpLimiter;
-use crate::socket::{local_socket, session_room};
+use crate::socket::announce_expired;
 
 /// Sweeps every `interval` until `stop` is cancelled. Members of a session
 /// evicted while they are still connected are told `SESSION_EXPIRED` and
-/// removed from its room.
+/// removed from its room (in a cluster, by the one node that evicted it).
 /// Also prunes the per-IP rate limiters, so their state stays bounded.
-pub async fn run(
+pub async fn run<A: Adapter>(
     store: Store,
-    io: SocketIo,
+    io: SocketIo<A>,
     limiters: Vec<Arc<IpLimiter>>,
     interval: std::time::Duration,
     stop: CancellationToken,
@@ -32,23 +32,15 @@ pub async fn run(
         for limiter in &limiters {
             limiter.prune();
         }
-        let before = store.session_count();
-        let expired = store.sweep(Instant::now());
-        let evicted = before.saturating_sub(store.session_count());
-        if evicted > 0 {
-            tracing::info!(evicted, with_members = expired.len(), "evicted idle sessions");
-            crate::metrics::evicted("idle", evicted.saturating_sub(expired.len()));
-            crate::metrics::evicted("expired", expired.len());
+        // Redis down: nothing is evicted now; the next sweep catches up.
+        let Ok(sweep) = store.sweep().await else { continue };
+        if sweep.evicted > 0 {
+            let with_members = sweep.expired.len();
+            tracing::info!(evicted = sweep.evicted, with_members, "evicted idle sessions");
+            crate::metrics::evicted("idle", sweep.evicted.saturating_sub(with_members));
+            crate::metrics::evicted("expired", with_members);
         }
-        let error = JoinError::SessionExpired;
-        let notice = json!({ "error": error.code(), "message": error.to_string() });
-        for session in expired {
-            tracing::info!(session = %session.session.log_tag(), "session expired with members connected");
-            for socket in session.conns.iter().filter_map(|conn| local_socket(&io, conn)) {
-                let _ = socket.emit("session-error", &notice);
-                socket.leave(session_room(&session.session));
-            }
-        }
+        announce_expired(&io, store.is_shared(), sweep.expired).await;
     }
 }
 
@@ -57,7 +49,8 @@ mod tests {
     use std::time::Duration;
 
     use crate::domain::store::{JoinRequest, Limits};
-    use crate::domain::{ChatMode, ConnId, SessionId, Store, UserId};
+    use crate::domain::MemoryStore as Store;
+    use crate::domain::{ChatMode, ConnId, SessionId, UserId};
 
     fn store() -> Store {
         Store::new(Limits {

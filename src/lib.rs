@@ -4,6 +4,7 @@
 //! Socket.IO endpoint, the session store and the eviction task. `main.rs`
 //! only reads the configuration, starts logging and waits for a signal.
 
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod eviction;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod redis;
 pub mod server;
 pub mod socket;
 

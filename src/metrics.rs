@@ -7,7 +7,7 @@
 //! scrape time, so they can never drift.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -16,6 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use socketioxide::adapter::Adapter;
 use socketioxide::{SocketIo, TransportType};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -104,29 +105,50 @@ pub fn event_handled(event: &'static str, took: Duration) {
     metrics::histogram!("chat_event_duration_seconds", "event" => event).record(took.as_secs_f64());
 }
 
+/// A Redis call failed or timed out (cluster mode).
+pub fn store_unavailable() {
+    metrics::counter!("chat_store_unavailable_total").increment(1);
+}
+
+/// Counts this node's sockets by transport: `(websocket, polling)`.
+pub type SocketCounter = Arc<dyn Fn() -> (usize, usize) + Send + Sync>;
+
+/// A [`SocketCounter`] over socketioxide's local sockets.
+pub fn socket_counter<A: Adapter>(io: SocketIo<A>) -> SocketCounter {
+    Arc::new(move || {
+        let (mut websocket, mut polling) = (0usize, 0usize);
+        for socket in io.sockets() {
+            match socket.transport_type() {
+                TransportType::Websocket => websocket += 1,
+                TransportType::Polling => polling += 1,
+            }
+        }
+        (websocket, polling)
+    })
+}
+
 #[derive(Clone)]
 struct Sources {
     store: Store,
-    io: SocketIo,
+    sockets: SocketCounter,
 }
 
 /// The text exposition of every metric, with state gauges read now.
-fn render(sources: &Sources) -> String {
-    let (mut websocket, mut polling) = (0usize, 0usize);
-    for socket in sources.io.sockets() {
-        match socket.transport_type() {
-            TransportType::Websocket => websocket += 1,
-            TransportType::Polling => polling += 1,
-        }
-    }
+async fn render(sources: &Sources) -> String {
+    let (websocket, polling) = (sources.sockets)();
     metrics::gauge!("chat_sockets", "transport" => "websocket").set(websocket as f64);
     metrics::gauge!("chat_sockets", "transport" => "polling").set(polling as f64);
-    let stats = sources.store.stats();
-    for (mode, n) in stats.sessions_by_mode {
-        metrics::gauge!("chat_sessions", "mode" => mode.as_str()).set(n as f64);
+    // A store that cannot be read leaves the gauges at their last values.
+    if let Ok(stats) = sources.store.stats().await {
+        if stats.sessions_by_mode.is_empty() {
+            metrics::gauge!("chat_sessions", "mode" => "all").set(stats.sessions as f64);
+        }
+        for (mode, n) in stats.sessions_by_mode {
+            metrics::gauge!("chat_sessions", "mode" => mode.as_str()).set(n as f64);
+        }
+        metrics::gauge!("chat_members").set(stats.members as f64);
+        metrics::gauge!("chat_history_bytes").set(stats.history_bytes as f64);
     }
-    metrics::gauge!("chat_members").set(stats.members as f64);
-    metrics::gauge!("chat_history_bytes").set(stats.history_bytes as f64);
     let handle = handle();
     handle.run_upkeep();
     handle.render()
@@ -135,7 +157,7 @@ fn render(sources: &Sources) -> String {
 async fn scrape(State(sources): State<Sources>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render(&sources),
+        render(&sources).await,
     )
 }
 
@@ -143,14 +165,14 @@ async fn scrape(State(sources): State<Sources>) -> impl IntoResponse {
 pub async fn serve(
     addr: SocketAddr,
     store: Store,
-    io: SocketIo,
+    sockets: SocketCounter,
     stop: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(Sources { store, io });
+        .with_state(Sources { store, sockets });
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
         if let Err(e) = serve.await {

@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::Method;
+use engineioxide::service::NotFoundService;
+use futures_util::future::BoxFuture;
+use socketioxide::adapter::Adapter;
+use socketioxide::service::SocketIoService;
 use socketioxide::SocketIo;
+use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
@@ -15,14 +20,16 @@ use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::cluster;
 use crate::config::{AllowedOrigins, Config};
-use crate::domain::store::Limits;
+use crate::domain::store::{Departures, Limits};
 use crate::domain::Store;
 use crate::eviction;
 use crate::http::serve::{self, Frontdoor, ServeLimits};
 use crate::http::{self, HttpState, Readiness};
 use crate::limits::{IpLimiter, Rate};
-use crate::socket::{self, App};
+use crate::redis::{RedisSettings, RedisStore};
+use crate::socket::{self, App, ClusterAdapter};
 
 /// How long shutdown waits for sockets' departures to be handled.
 const DRAIN_WORKERS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -37,10 +44,11 @@ pub struct Server;
 /// A server that is listening; stop it with [`RunningServer::shutdown`].
 pub struct RunningServer {
     addr: SocketAddr,
-    io: SocketIo,
+    sockets: Box<dyn SocketLayer>,
     stop: CancellationToken,
     http: JoinHandle<()>,
-    eviction: JoinHandle<()>,
+    /// The eviction sweep and, in a cluster, the heartbeat.
+    background: Vec<JoinHandle<()>>,
     workers: TaskTracker,
     readiness: Readiness,
     store: Store,
@@ -49,14 +57,10 @@ pub struct RunningServer {
 }
 
 impl Server {
-    /// Binds `HOST:PORT` and serves in the background.
+    /// Connects the store (Redis when `REDIS_URL` is set), binds
+    /// `HOST:PORT` and serves in the background.
     pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
-        if config.redis_url.is_some() {
-            anyhow::bail!(
-                "REDIS_URL is set, but this version runs the embedded in-memory store only; unset REDIS_URL"
-            );
-        }
-        let store = Store::new(Limits {
+        let limits = Limits {
             max_sessions: config.max_sessions,
             max_group_members: config.max_group_members,
             max_history_messages: config.max_history_messages,
@@ -64,13 +68,85 @@ impl Server {
             max_total_history_bytes: config.max_total_history_bytes,
             idle_timeout: config.session_idle_timeout,
             member_timeout: config.session_member_timeout,
-        });
+        };
         crate::metrics::init();
-        let readiness = Readiness::default();
         let workers = TaskTracker::new();
+        let Some(url) = config.redis_url.clone() else {
+            let store = Store::memory(limits);
+            let app = App::new(&config, store.clone(), workers.clone());
+            let (service, io) = socket::builder(&config, app).build_svc();
+            io.ns("/", socket::connect_handler());
+            return Assembly {
+                config,
+                store,
+                service,
+                io,
+                workers,
+                cluster: None,
+            }
+            .start()
+            .await;
+        };
+        let settings = RedisSettings {
+            url,
+            prefix: config.redis_prefix.clone(),
+            node_id: config.node_id.clone(),
+            node_timeout: config.node_timeout,
+            store_timeout: config.store_timeout,
+            cleanup_interval: config.cleanup_interval,
+        };
+        let (redis, driver) = crate::redis::connect(&settings, limits).await?;
+        let store = Store::Redis(redis.clone());
         let app = App::new(&config, store.clone(), workers.clone());
-        let (socket_io, io) = socket::service(&config, app);
+        let adapter = RedisAdapterCtr::new_with_driver(
+            driver,
+            RedisAdapterConfig::new().with_prefix(format!("{}-socket.io", config.redis_prefix)),
+        );
+        let (service, io) = socket::builder(&config, app)
+            .with_adapter::<ClusterAdapter>(adapter)
+            .build_svc();
+        io.ns("/", socket::connect_handler())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot subscribe to Redis pub/sub (REDIS_URL): {e:?}"))?;
+        cluster::join(&redis, &io).await?;
+        tracing::info!(
+            node = redis.node_id(),
+            "cluster mode: sessions and emits shared through Redis"
+        );
+        Assembly {
+            config,
+            store,
+            service,
+            io,
+            workers,
+            cluster: Some(redis),
+        }
+        .start()
+        .await
+    }
+}
 
+/// Everything [`Server::start`] built that depends on the adapter.
+struct Assembly<A: Adapter> {
+    config: Config,
+    store: Store,
+    service: SocketIoService<NotFoundService, A>,
+    io: SocketIo<A>,
+    workers: TaskTracker,
+    cluster: Option<RedisStore>,
+}
+
+impl<A: Adapter> Assembly<A> {
+    async fn start(self) -> anyhow::Result<RunningServer> {
+        let Self {
+            config,
+            store,
+            service,
+            io,
+            workers,
+            cluster,
+        } = self;
+        let readiness = Readiness::default();
         let reservations = Arc::new(IpLimiter::new(per_minute_or_unlimited(
             config.reserve_rate_per_ip,
         )));
@@ -87,7 +163,7 @@ impl Server {
         })
         .layer(TraceLayer::new_for_http());
         let frontdoor = Frontdoor {
-            socket_io,
+            socket_io: service,
             api,
             allowed_origins: Arc::new(config.client_origins.clone()),
             trust_proxy: config.trust_proxy.clone(),
@@ -116,33 +192,65 @@ impl Server {
         ));
         let metrics = match config.metrics_addr {
             Some(addr) => Some(
-                crate::metrics::serve(addr, store.clone(), io.clone(), stop.clone())
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (check METRICS_ADDR)"))?,
+                crate::metrics::serve(
+                    addr,
+                    store.clone(),
+                    crate::metrics::socket_counter(io.clone()),
+                    stop.clone(),
+                )
+                .await
+                .with_context(|| format!("cannot listen on {addr} (check METRICS_ADDR)"))?,
             ),
             None => None,
         };
-        let store_handle = store.clone();
-        let eviction = tokio::spawn(eviction::run(
-            store,
+        let mut background = vec![tokio::spawn(eviction::run(
+            store.clone(),
             io.clone(),
             vec![reservations, handshakes],
             config.cleanup_interval,
             stop.clone(),
-        ));
+        ))];
+        if let Some(redis) = cluster {
+            background.push(tokio::spawn(cluster::run(redis, io.clone(), stop.clone())));
+        }
         readiness.set_ready();
         Ok(RunningServer {
             addr,
-            io,
+            sockets: Box::new(io),
             stop,
             http,
-            eviction,
+            background,
             workers,
             readiness,
-            store: store_handle,
+            store,
             drain: config.shutdown_drain,
             metrics,
         })
+    }
+}
+
+/// What shutdown needs from socketioxide, whichever adapter runs.
+trait SocketLayer: Send + Sync {
+    fn announce(&self, departures: Vec<Departures>) -> BoxFuture<'_, ()>;
+    fn disconnect_all(&self) -> BoxFuture<'_, ()>;
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+impl<A: Adapter> SocketLayer for SocketIo<A> {
+    fn announce(&self, departures: Vec<Departures>) -> BoxFuture<'_, ()> {
+        Box::pin(socket::announce_departures(self, departures))
+    }
+
+    fn disconnect_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.local().disconnect().await {
+                tracing::warn!(error = %e, "closing sockets failed");
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(SocketIo::close(self))
     }
 }
 
@@ -182,51 +290,36 @@ impl RunningServer {
     }
 
     /// The shutdown sequence: `/ready` turns 503 and everything is still
-    /// served for `SHUTDOWN_DRAIN_SECS`; then stop accepting; close every socket (clients
-    /// get a Socket.IO disconnect, and each departure is announced to whoever
-    /// is still connected); wait for the sockets' workers; stop the eviction
-    /// task; let open HTTP requests finish. Bounded to a few seconds.
+    /// served for `SHUTDOWN_DRAIN_SECS`; then stop accepting; remove this
+    /// node's members and announce their departures to whoever stays (on
+    /// this node or, in a cluster, any other); close every socket; wait for
+    /// the sockets' workers; stop the background tasks; let open HTTP
+    /// requests finish. Bounded to a few seconds.
     pub async fn shutdown(self) {
         self.readiness.set_draining();
         tokio::time::sleep(self.drain).await;
         self.stop.cancel();
-        self.announce_departures().await;
-        if let Err(e) = self.io.local().disconnect().await {
-            tracing::warn!(error = %e, "closing sockets failed");
+        match self.store.remove_own_members().await {
+            Ok(departures) => self.sockets.announce(departures).await,
+            Err(_) => tracing::warn!(
+                "Redis unavailable at shutdown: the other nodes will remove this node's members \
+                 when its heartbeat expires"
+            ),
         }
+        self.sockets.disconnect_all().await;
         self.workers.close();
         if timeout(DRAIN_WORKERS_TIMEOUT, self.workers.wait()).await.is_err() {
             tracing::warn!("some sockets were still busy at shutdown");
         }
-        let _ = self.eviction.await;
-        self.io.close().await;
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.sockets.close().await;
         let _ = timeout(DRAIN_HTTP_TIMEOUT, self.http).await;
         if let Some((_, task)) = self.metrics {
             let _ = task.await;
         }
         tracing::info!("shut down");
-    }
-}
-
-impl RunningServer {
-    /// Tells every connected member that the others left, before the sockets
-    /// close (closing them all at once would leave nobody to tell).
-    async fn announce_departures(&self) {
-        let timestamp = crate::domain::epoch_ms();
-        for departures in self.store.remove_all_members() {
-            let room = socket::session_room(&departures.session);
-            for (user, display_name, conn) in &departures.members {
-                let mut notice = serde_json::json!({ "userId": user, "timestamp": timestamp });
-                if let Some(name) = display_name {
-                    notice["displayName"] = name.as_ref().into();
-                }
-                let to_others = match socket::local_socket(&self.io, conn) {
-                    Some(member) => member.to(room.clone()),
-                    None => self.io.to(room.clone()),
-                };
-                let _ = to_others.emit("user-left", &notice).await;
-            }
-        }
     }
 }
 

@@ -12,7 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use e2e_chat_server::domain::store::{JoinKind, JoinRequest, Limits, Outgoing, Route, Store};
+use e2e_chat_server::domain::store::{JoinKind, JoinRequest, Limits, Outgoing, Route};
+use e2e_chat_server::domain::MemoryStore as Store;
 use e2e_chat_server::domain::{ChatMode, ConnId, EventError, JoinError, SessionId, UserId};
 use proptest::prelude::*;
 use serde_json::json;

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use e2e_chat_server::domain::store::{JoinKind, JoinRequest, Outgoing, Store};
+use e2e_chat_server::domain::store::{JoinKind, JoinRequest, Outgoing};
+use e2e_chat_server::domain::MemoryStore as Store;
 use e2e_chat_server::domain::{ChatMode, ConnId, SessionId, UserId};
 use e2e_chat_server_fuzz::{check, conn, limits, sid, uid};
 use libfuzzer_sys::fuzz_target;

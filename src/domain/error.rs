@@ -26,6 +26,8 @@ pub enum JoinError {
     SessionLimit,
     #[error("This session expired after a long time without activity.")]
     SessionExpired,
+    #[error("The session store is unavailable. Please try again in a moment.")]
+    StoreUnavailable,
 }
 
 impl JoinError {
@@ -40,6 +42,7 @@ impl JoinError {
             Self::SessionFull | Self::GroupFull(_) => "SESSION_FULL",
             Self::SessionLimit => "SESSION_LIMIT",
             Self::SessionExpired => "SESSION_EXPIRED",
+            Self::StoreUnavailable => STORE_UNAVAILABLE,
         }
     }
 }
@@ -57,6 +60,8 @@ pub enum EventError {
     UnknownRecipient,
     #[error("Unknown event.")]
     UnknownEvent,
+    #[error("The session store is unavailable. Please try again in a moment.")]
+    StoreUnavailable,
 }
 
 impl EventError {
@@ -68,6 +73,7 @@ impl EventError {
             Self::NotAllowed(_) => "NOT_ALLOWED",
             Self::UnknownRecipient => "UNKNOWN_RECIPIENT",
             Self::UnknownEvent => "UNKNOWN_EVENT",
+            Self::StoreUnavailable => STORE_UNAVAILABLE,
         }
     }
 }
@@ -79,4 +85,33 @@ pub enum ReserveError {
     Exists,
     #[error("Session limit reached")]
     Limit,
+    #[error("Session store unavailable")]
+    StoreUnavailable,
+}
+
+/// The wire code of every refusal caused by a shared store that cannot be
+/// reached (cluster mode only): the event was not applied; retrying later may work.
+pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+
+/// A shared store that did not answer in time or at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the session store is unavailable")]
+pub struct Unavailable;
+
+impl From<Unavailable> for JoinError {
+    fn from(_: Unavailable) -> Self {
+        Self::StoreUnavailable
+    }
+}
+
+impl From<Unavailable> for EventError {
+    fn from(_: Unavailable) -> Self {
+        Self::StoreUnavailable
+    }
+}
+
+impl From<Unavailable> for ReserveError {
+    fn from(_: Unavailable) -> Self {
+        Self::StoreUnavailable
+    }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Longest accepted session id; ids are `[A-Za-z0-9_-]{1,64}`.
@@ -44,7 +44,8 @@ impl fmt::Display for SessionId {
 }
 
 /// A user id as the client chose it (the stock client keeps a UUID in localStorage).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+/// Deserialized only from what the server stored itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct UserId(Arc<str>);
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::UserId;
@@ -69,7 +69,7 @@ fn json_weight(v: &Value) -> usize {
 }
 
 /// A member's published public key, the wire shape of `public-keys-updated` entries.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PublicKeyEntry {
     pub user_id: UserId,

@@ -4,11 +4,13 @@
 
 pub mod error;
 pub mod ids;
+pub mod memory;
 pub mod message;
 pub mod store;
 
-pub use error::{EventError, JoinError, ReserveError};
+pub use error::{EventError, JoinError, ReserveError, Unavailable};
 pub use ids::{ChatMode, ConnId, SessionId, UserId};
+pub use memory::MemoryStore;
 pub use message::{Message, PublicKeyEntry};
 pub use store::Store;
 

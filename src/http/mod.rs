@@ -92,16 +92,25 @@ async fn time_limit(State(state): State<Arc<HttpState>>, req: Request, next: Nex
     }
 }
 
-async fn health(State(state): State<Arc<HttpState>>) -> Json<Value> {
-    let sessions = state.store.session_count();
-    Json(json!({
-        "status": "ok",
+/// 200 `ok`; 503 `degraded` while a configured Redis cannot be reached
+/// (the session counts are then `null`).
+async fn health(State(state): State<Arc<HttpState>>) -> Response {
+    let sessions = state.store.session_count().await;
+    let status = if sessions.is_ok() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let sessions = sessions.ok();
+    let body = json!({
+        "status": if sessions.is_some() { "ok" } else { "degraded" },
         "uptime": state.started.elapsed().as_secs_f64(),
         "activeSessions": sessions,
         "sessions": sessions,
         "timestamp": epoch_ms(),
         "version": env!("CARGO_PKG_VERSION"),
-    }))
+    });
+    (status, Json(body)).into_response()
 }
 
 /// 200 when this node should get traffic; 503 while starting or draining.
@@ -165,9 +174,10 @@ async fn reserve_session(
     state
         .store
         .reserve(session_id.clone(), auth_key, mode)
+        .await
         .map_err(|e| match e {
             ReserveError::Exists => ApiError::Conflict(e.to_string()),
-            ReserveError::Limit => ApiError::Unavailable(e.to_string()),
+            ReserveError::Limit | ReserveError::StoreUnavailable => ApiError::Unavailable(e.to_string()),
         })?;
     tracing::info!(session = %session_id.log_tag(), mode = mode.as_str(), "session reserved");
     Ok(Json(json!({
@@ -187,7 +197,12 @@ async fn sessions(State(state): State<Arc<HttpState>>) -> Result<Json<Value>, Ap
     if !state.debug {
         return Err(ApiError::NotFound);
     }
-    Ok(Json(json!(state.store.summaries())))
+    let rows = state
+        .store
+        .summaries()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(json!(rows)))
 }
 
 async fn not_found() -> ApiError {

@@ -28,6 +28,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
+use socketioxide::adapter::Adapter;
 use socketioxide::service::SocketIoService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -66,16 +67,28 @@ const ENGINE_HEADERS: [HeaderName; 9] = [
 pub struct ClientIp(pub IpAddr);
 
 /// Routes every request; cheap to clone.
-#[derive(Clone)]
-pub struct Frontdoor {
-    pub socket_io: SocketIoService<NotFoundService>,
+pub struct Frontdoor<A: Adapter> {
+    pub socket_io: SocketIoService<NotFoundService, A>,
     pub api: Router,
     pub allowed_origins: Arc<AllowedOrigins>,
     pub trust_proxy: Option<HeaderName>,
     pub handshakes: Arc<IpLimiter>,
 }
 
-impl Frontdoor {
+// Not derived: the adapter type itself need not be `Clone`.
+impl<A: Adapter> Clone for Frontdoor<A> {
+    fn clone(&self) -> Self {
+        Self {
+            socket_io: self.socket_io.clone(),
+            api: self.api.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            trust_proxy: self.trust_proxy.clone(),
+            handshakes: self.handshakes.clone(),
+        }
+    }
+}
+
+impl<A: Adapter> Frontdoor<A> {
     async fn handle(self, peer: SocketAddr, kill: Kill, mut req: Request<Incoming>) -> Response<Body> {
         let ip = ClientIp(self.client_ip(&req, peer));
         if !req.uri().path().starts_with(SOCKET_IO_PATH) {
@@ -194,9 +207,9 @@ pub struct ServeLimits {
 }
 
 /// Accepts connections until `stop`, then lets open ones finish for a moment.
-pub async fn serve(
+pub async fn serve<A: Adapter>(
     listener: TcpListener,
-    frontdoor: Frontdoor,
+    frontdoor: Frontdoor<A>,
     cors: CorsLayer,
     limits: ServeLimits,
     stop: CancellationToken,

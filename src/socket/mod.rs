@@ -1,7 +1,11 @@
 //! The Socket.IO side: socketioxide set-up, rooms, and per-socket workers.
 //!
-//! A socket joins the room of the session it joined (`s:<sessionId>`); "to
-//! one member's socket" looks the socket up by its id.
+//! A socket joins the room of the session it joined (`s:<sessionId>`). "To
+//! one member's socket" looks the socket up by its id on this node; in a
+//! cluster, where it may be connected to another node, every socket is also
+//! in a room of its own (`c:<socket id>`) that the Redis adapter reaches on
+//! every node. Everything here is generic over the adapter: the local one
+//! for a single node, [`ClusterAdapter`] over Redis.
 
 pub mod payloads;
 pub mod queue;
@@ -9,19 +13,20 @@ pub mod worker;
 
 use std::sync::Arc;
 
-use engineioxide::service::NotFoundService;
+use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide::extract::{SocketRef, State};
 use socketioxide::handler::ConnectHandler;
-use socketioxide::service::SocketIoService;
-use socketioxide::SocketIo;
+use socketioxide::{SocketIo, SocketIoBuilder};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, OriginalContent};
-use crate::domain::{ConnId, SessionId, Store};
+use crate::domain::store::{Departures, Expired};
+use crate::domain::{ConnId, JoinError, SessionId, Store};
 use crate::http::killable::Kill;
 use crate::http::serve::ClientIp;
 use crate::limits::{IpCounter, Rate};
+use crate::redis::driver::ManagedDriver;
 use queue::{Command, Dispatch, QUEUE_CAPACITY};
 use worker::Worker;
 
@@ -38,6 +43,8 @@ const WS_READ_BUFFER_BYTES: usize = 1024;
 #[derive(Clone)]
 pub struct App {
     pub store: Store,
+    /// Whether other nodes share the store: sessions span nodes.
+    pub cluster: bool,
     pub original_content: OriginalContent,
     /// The per-socket workers, awaited on shutdown.
     pub workers: TaskTracker,
@@ -77,6 +84,7 @@ impl App {
             },
         };
         Self {
+            cluster: store.is_shared(),
             store,
             original_content: config.original_content,
             workers,
@@ -94,9 +102,18 @@ impl App {
     }
 }
 
+/// The Socket.IO adapter of a cluster: socketioxide-redis over a driver
+/// that reconnects.
+pub type ClusterAdapter = socketioxide_redis::CustomRedisAdapter<Emitter, ManagedDriver>;
+
 /// The room of a session's members.
 pub fn session_room(id: &SessionId) -> String {
     format!("s:{id}")
+}
+
+/// The room of one socket, in a cluster.
+pub fn conn_room(conn: &ConnId) -> String {
+    format!("c:{conn}")
 }
 
 /// Cuts a socket off for good: out of the namespace (when its buffer has
@@ -111,15 +128,83 @@ pub fn cut_off<A: socketioxide::adapter::Adapter>(socket: &SocketRef<A>) {
     }
 }
 
-/// The socket of `conn`, when it is connected to this server.
-pub fn local_socket(io: &SocketIo, conn: &ConnId) -> Option<SocketRef> {
+/// The socket of `conn`, when it is connected to this node.
+pub fn local_socket<A: Adapter>(io: &SocketIo<A>, conn: &ConnId) -> Option<SocketRef<A>> {
     io.get_socket(conn.as_str().parse().ok()?)
 }
 
-/// Builds the socketioxide service with the contract's Engine.IO settings.
-pub fn service(config: &Config, app: App) -> (SocketIoService<NotFoundService>, SocketIo) {
+/// Emits to one socket, on this node or (in a cluster) any other.
+pub async fn emit_to_conn<A: Adapter, T: serde::Serialize + ?Sized>(
+    io: &SocketIo<A>,
+    cluster: bool,
+    conn: &ConnId,
+    event: &str,
+    data: &T,
+) {
+    if let Some(socket) = local_socket(io, conn) {
+        let _ = socket.emit(event, data);
+    } else if cluster {
+        if let Err(e) = io.to(conn_room(conn)).emit(event, data).await {
+            tracing::debug!(event, error = %e, "emit to a remote socket failed");
+        }
+    }
+}
+
+/// Takes a socket, on this node or (in a cluster) any other, out of a room.
+pub async fn leave_room<A: Adapter>(io: &SocketIo<A>, cluster: bool, conn: &ConnId, room: String) {
+    if let Some(socket) = local_socket(io, conn) {
+        socket.leave(room);
+    } else if cluster {
+        if let Err(e) = io.to(conn_room(conn)).leave(room).await {
+            tracing::debug!(error = %e, "taking a remote socket out of a room failed");
+        }
+    }
+}
+
+/// Announces members removed at once (at shutdown, or when their node
+/// died): `user-left` for each to the rest of the room, then the keys that
+/// remain.
+pub async fn announce_departures<A: Adapter>(io: &SocketIo<A>, all: Vec<Departures>) {
+    let timestamp = crate::domain::epoch_ms();
+    for departures in all {
+        let room = session_room(&departures.session);
+        for (user, display_name, conn) in &departures.members {
+            let mut notice = serde_json::json!({ "userId": user, "timestamp": timestamp });
+            if let Some(name) = display_name {
+                notice["displayName"] = name.as_ref().into();
+            }
+            let to_others = match local_socket(io, conn) {
+                Some(member) => member.to(room.clone()),
+                None => io.to(room.clone()),
+            };
+            let _ = to_others.emit("user-left", &notice).await;
+        }
+        if let Some(keys) = &departures.remaining_keys {
+            let _ = io.to(room.clone()).emit("public-keys-updated", keys).await;
+        }
+    }
+}
+
+/// Tells the members of evicted sessions `SESSION_EXPIRED` (wherever they
+/// are connected) and takes them out of the session's room.
+pub async fn announce_expired<A: Adapter>(io: &SocketIo<A>, cluster: bool, expired: Vec<Expired>) {
+    let error = JoinError::SessionExpired;
+    let notice = serde_json::json!({ "error": error.code(), "message": error.to_string() });
+    for session in expired {
+        tracing::info!(session = %session.session.log_tag(), "session expired with members connected");
+        let room = session_room(&session.session);
+        for conn in &session.conns {
+            emit_to_conn(io, cluster, conn, "session-error", &notice).await;
+            leave_room(io, cluster, conn, room.clone()).await;
+        }
+    }
+}
+
+/// The socketioxide builder with the contract's Engine.IO settings; the
+/// caller picks the adapter, builds, and registers [`connect_handler`] on `/`.
+pub fn builder(config: &Config, app: App) -> SocketIoBuilder {
     let max = config.max_payload_bytes;
-    let (service, io) = SocketIo::builder()
+    SocketIo::builder()
         .ping_interval(config.ping_interval)
         .ping_timeout(config.ping_timeout)
         // Polling bodies...
@@ -133,9 +218,11 @@ pub fn service(config: &Config, app: App) -> (SocketIoService<NotFoundService>, 
         // while they are read (SOCKETIOXIDE-NOTES.md, point 4).
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .with_state(app)
-        .build_svc();
-    io.ns("/", on_connect.with(register_handlers));
-    (service, io)
+}
+
+/// The namespace's connect handler with its middleware.
+pub fn connect_handler<A: Adapter>() -> impl ConnectHandler<A, ()> {
+    on_connect.with(register_handlers::<A>)
 }
 
 /// Nothing to do once connected: everything was set up by the middleware.
@@ -146,9 +233,9 @@ async fn on_connect() {}
 /// This runs as a connect *middleware*, before the client is told it is
 /// connected, so no event can arrive before its handler exists
 /// (SOCKETIOXIDE-NOTES.md, point 11).
-async fn register_handlers(
-    socket: SocketRef,
-    io: SocketIo,
+async fn register_handlers<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
     State(app): State<App>,
 ) -> Result<(), &'static str> {
     let ip = socket.req_parts().extensions.get::<ClientIp>().map(|ip| ip.0);
@@ -161,6 +248,9 @@ async fn register_handlers(
             tracing::info!(%ip, "refused a socket: MAX_SOCKETS_PER_IP reached");
             return Err("Too many connections from this address");
         }
+    }
+    if app.cluster {
+        socket.join(conn_room(&ConnId::new(socket.id.to_string())));
     }
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     socket.on_fallback(Dispatch { tx: tx.clone() });

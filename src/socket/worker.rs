@@ -10,6 +10,7 @@ use std::panic::AssertUnwindSafe;
 use futures_util::FutureExt;
 use serde::Serialize;
 use serde_json::{json, Value};
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
@@ -17,7 +18,7 @@ use tokio::time::Instant;
 
 use super::payloads::{self, display_name, join_request, json_len, *};
 use super::queue::Command;
-use super::{local_socket, session_room, App};
+use super::{conn_room, leave_room, local_socket, session_room, App};
 use crate::config::OriginalContent;
 use crate::domain::ids::SessionRef;
 use crate::domain::message::MessageView;
@@ -71,17 +72,17 @@ struct Binding {
     user: UserId,
 }
 
-pub struct Worker {
-    socket: SocketRef,
-    io: SocketIo,
+pub struct Worker<A: Adapter> {
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
     app: App,
     conn: ConnId,
     bound: Option<Binding>,
     buckets: Buckets,
 }
 
-impl Worker {
-    pub fn new(socket: SocketRef, io: SocketIo, app: App) -> Self {
+impl<A: Adapter> Worker<A> {
+    pub fn new(socket: SocketRef<A>, io: SocketIo<A>, app: App) -> Self {
         let conn = ConnId::new(socket.id.to_string());
         let rates = app.rates;
         let buckets = Buckets {
@@ -160,7 +161,7 @@ impl Worker {
                 Ok(())
             }
             Command::SendMessage(p) => self.send_message(p).await,
-            Command::GetPublicKeys(p) => self.get_public_keys(&p),
+            Command::GetPublicKeys(p) => self.get_public_keys(&p).await,
             Command::SavePublicKey(p) => self.save_public_key(p).await,
             Command::SetSessionKey(p) => self.set_session_key(p).await,
             Command::FileDownloaded(p) => self.file_downloaded(p).await,
@@ -253,7 +254,7 @@ impl Worker {
             session: req.session.clone(),
             user: req.user.clone(),
         };
-        let joined = match self.app.store.join(req, &self.conn, epoch_ms()) {
+        let joined = match self.app.store.join(req, &self.conn, epoch_ms()).await {
             Ok(joined) => joined,
             Err(e) => {
                 tracing::info!(session = %binding.session.log_tag(), error = e.code(), "join refused");
@@ -279,9 +280,7 @@ impl Worker {
             }
             JoinKind::Rejoined { previous } => {
                 tracing::debug!(session = %binding.session.log_tag(), "member rejoined from a new socket");
-                if let Some(old) = local_socket(&self.io, previous) {
-                    old.leave(room.clone());
-                }
+                leave_room(&self.io, self.app.cluster, previous, room.clone()).await;
             }
             JoinKind::Repeat => {}
         }
@@ -347,6 +346,7 @@ impl Worker {
                 epoch_ms(),
                 policy == OriginalContent::Author,
             )
+            .await
             .map_err(|e| self.refused(EVENT, e))?;
         let message = &*sent.message;
         let target = match &sent.route {
@@ -366,10 +366,15 @@ impl Worker {
     }
 
     /// Before joining, the stock client asks once: an unbound socket gets `[]`.
-    fn get_public_keys(&mut self, p: &payloads::SessionUser) -> EventResult {
+    async fn get_public_keys(&mut self, p: &payloads::SessionUser) -> EventResult {
         const EVENT: &str = "get-public-keys";
         let keys = match self.binding(EVENT, p.session_id.as_deref(), p.user_id.as_deref()) {
-            Ok(b) => self.app.store.public_keys_for(&b.session, &b.user, &self.conn),
+            Ok(b) => self
+                .app
+                .store
+                .public_keys_for(&b.session, &b.user, &self.conn)
+                .await
+                .map_err(|e| (EVENT, e))?,
             Err((_, EventError::NotInSession | EventError::InvalidPayload(_))) => Vec::new(),
             Err(e) => return Err(e),
         };
@@ -389,6 +394,7 @@ impl Worker {
             .app
             .store
             .save_public_key(&b.session, &b.user, &self.conn, key, name)
+            .await
             .map_err(|e| self.refused(EVENT, e))?;
         self.to_room(&session_room(&b.session), "public-keys-updated", &keys)
             .await;
@@ -420,6 +426,7 @@ impl Worker {
             .app
             .store
             .set_session_key(&b.session, &b.user, &self.conn, keys)
+            .await
             .map_err(|e| self.refused(EVENT, e))?;
         self.to_room(
             &session_room(&b.session),
@@ -454,6 +461,7 @@ impl Worker {
             .app
             .store
             .download_target(&b.session, &b.user, &self.conn, &sender)
+            .await
             .map_err(|e| self.refused(EVENT, e))?;
         let timestamp = match p.timestamp {
             Some(Value::Number(n)) => Value::Number(n),
@@ -477,9 +485,13 @@ impl Worker {
             Err((_, EventError::NotInSession)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let Ok(stored_name) = self.app.store.typing(&b.session, &b.user, &self.conn) else {
-            self.bound = None;
-            return Ok(());
+        let stored_name = match self.app.store.typing(&b.session, &b.user, &self.conn).await {
+            Ok(name) => name,
+            Err(EventError::StoreUnavailable) => return Err((event, EventError::StoreUnavailable)),
+            Err(_) => {
+                self.bound = None;
+                return Ok(());
+            }
         };
         let offered = p.display_name.filter(|n| n.len() <= MAX_DISPLAY_NAME_LEN);
         let name = stored_name.as_deref().or(offered.as_deref());
@@ -511,11 +523,16 @@ impl Worker {
     /// tells the room; `still_connected` sockets also leave the room.
     async fn depart(&mut self, b: Binding, still_connected: bool) {
         let room = session_room(&b.session);
-        let left = if still_connected {
-            self.app.store.leave(&b.session, &b.user, &self.conn).ok()
-        } else {
-            self.app.store.disconnect(&b.session, &b.user, &self.conn)
-        };
+        // A leave the store could not record (Redis down) is still a
+        // departure for this socket; the member goes when its node's
+        // heartbeat does, or when the session expires.
+        let left = self
+            .app
+            .store
+            .disconnect(&b.session, &b.user, &self.conn)
+            .await
+            .ok()
+            .flatten();
         if let Some(Left {
             display_name,
             public_keys,
@@ -599,25 +616,32 @@ impl Worker {
     }
 
     /// Serializes `data` once and sends it to `target`; returns the number
-    /// of recipients. Small rooms get it socket by socket, so that a
-    /// recipient whose outgoing buffer is full is noticed and disconnected;
-    /// large rooms and large payloads get one shared encoding by a room
-    /// broadcast (see [`PER_RECIPIENT_MAX`], [`SHARED_ENCODING_MIN_BYTES`]).
+    /// of recipients on this node. Small rooms get it socket by socket, so
+    /// that a recipient whose outgoing buffer is full is noticed and
+    /// disconnected; large rooms and large payloads get one shared encoding
+    /// by a room broadcast (see [`PER_RECIPIENT_MAX`],
+    /// [`SHARED_ENCODING_MIN_BYTES`]). In a cluster every room emit is a
+    /// broadcast through the adapter (recipients may be on other nodes).
     async fn deliver<T: Serialize + ?Sized>(&self, target: Target<'_>, event: &str, data: &T) -> usize {
         let Some(raw) = encode(event, data) else { return 0 };
         let size = raw.get().len();
+        let remote_conn = match target {
+            Target::Conn(conn) if self.app.cluster && local_socket(&self.io, conn).is_none() => Some(conn),
+            _ => None,
+        };
         let operator = match target {
             Target::Room(room) => Some(self.io.to(room.to_owned())),
             Target::Others(room) => Some(self.socket.to(room.to_owned())),
-            Target::Conn(_) => None,
+            Target::Conn(_) => remote_conn.map(|conn| self.io.to(conn_room(conn))),
         };
-        let recipients: Vec<SocketRef> = match (&operator, target) {
+        let recipients: Vec<SocketRef<A>> = match (&operator, target) {
             (Some(operator), _) => operator.clone().sockets(),
             (None, Target::Conn(conn)) => local_socket(&self.io, conn).into_iter().collect(),
             (None, _) => Vec::new(),
         };
         metrics::bytes_out(size * recipients.len());
-        let shared = size >= SHARED_ENCODING_MIN_BYTES || recipients.len() > PER_RECIPIENT_MAX;
+        let shared =
+            self.app.cluster || size >= SHARED_ENCODING_MIN_BYTES || recipients.len() > PER_RECIPIENT_MAX;
         if let Some(operator) = operator.filter(|_| shared) {
             if let Err(e) = operator.emit(event, &*raw).await {
                 // The sockets that could not take it are not named; the
@@ -638,7 +662,7 @@ impl Worker {
     /// A recipient whose outgoing buffer is full is not keeping up: it is
     /// cut off (it rejoins and gets the history) rather than silently
     /// missing messages or making the server buffer without bound.
-    fn emit_failed(&self, socket: &SocketRef, event: &str, e: SendError) {
+    fn emit_failed(&self, socket: &SocketRef<A>, event: &str, e: SendError) {
         match e {
             SendError::Socket(SocketError::InternalChannelFull) => {
                 tracing::warn!(sid = %socket.id, event, "slow consumer: outgoing buffer full, disconnecting");

@@ -1,0 +1,691 @@
+//! The embedded backend: every session's state in this process, behind one
+//! cloneable handle.
+//!
+//! Locking: a std `RwLock` over the map of sessions, and a std `Mutex` per
+//! session, so events of different sessions never wait on each other. No lock
+//! is held across an `.await` (there is none in this file) and callers never
+//! see a guard: each method returns what the transport must emit, and the
+//! transport emits after the locks are gone. A panic in a critical section
+//! cannot poison the store: every lock is taken through [`lock`] / [`read`] /
+//! [`write`], which recover the guard.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::time::Instant;
+
+use super::error::{EventError, JoinError, ReserveError};
+use super::ids::{ChatMode, ConnId, SessionId, UserId};
+use super::message::{Message, PublicKeyEntry};
+use super::store::{
+    is_truthy, Departures, Expired, JoinKind, JoinRequest, Joined, Left, Limits, Outgoing, Route, Sent,
+    SessionSummary, StoreStats,
+};
+
+/// Members of a `private` or `password` session.
+const PAIR_SESSION_SIZE: usize = 2;
+
+/// Cloneable handle to the sessions held in this process.
+#[derive(Clone)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    sessions: RwLock<HashMap<SessionId, Arc<Mutex<Session>>>>,
+    /// Creation counter, for the debug listing's order.
+    next_seq: AtomicU64,
+    /// History bytes of all sessions, changed only under a session's lock.
+    total_history_bytes: AtomicUsize,
+    limits: Limits,
+}
+
+/// SHA-256 of a secret; secrets are compared as digests, in constant time,
+/// so neither their content nor their length leaks through timing.
+#[derive(Clone, Copy)]
+struct Digest32([u8; 32]);
+
+impl Digest32 {
+    fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    fn matches(&self, offered: &str) -> bool {
+        bool::from(self.0.ct_eq(&Self::of(offered).0))
+    }
+}
+
+struct Session {
+    id: SessionId,
+    seq: u64,
+    mode: ChatMode,
+    /// Digest of the whole `authKey`.
+    key: Digest32,
+    /// In `password` mode, digest of the part after the first `:`.
+    password: Option<Digest32>,
+    reserved: bool,
+    creator: Option<UserId>,
+    members: HashMap<UserId, Member>,
+    /// Published keys in the order they were first stored.
+    public_keys: Vec<PublicKeyEntry>,
+    history: VecDeque<Arc<Message>>,
+    history_bytes: usize,
+    /// Ids of the messages in `history`, to store each id once.
+    history_ids: HashSet<Arc<str>>,
+    /// The group key wrapped for each member.
+    wrapped_keys: Arc<serde_json::Map<String, Value>>,
+    last_activity: Instant,
+}
+
+struct Member {
+    conn: ConnId,
+    display_name: Option<Arc<str>>,
+    joined_at: u64,
+}
+
+impl MemoryStore {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                sessions: RwLock::new(HashMap::new()),
+                next_seq: AtomicU64::new(0),
+                total_history_bytes: AtomicUsize::new(0),
+                limits,
+            }),
+        }
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        read(&self.shared.sessions).len()
+    }
+
+    /// Live sessions by mode, connected members and history bytes, for metrics.
+    pub fn stats(&self) -> StoreStats {
+        let sessions: Vec<_> = read(&self.shared.sessions).values().cloned().collect();
+        let mut stats = StoreStats {
+            sessions: sessions.len(),
+            sessions_by_mode: vec![
+                (ChatMode::Group, 0),
+                (ChatMode::Private, 0),
+                (ChatMode::Password, 0),
+            ],
+            members: 0,
+            history_bytes: self.total_history_bytes(),
+        };
+        for session in sessions {
+            let s = lock(&session);
+            if let Some(entry) = stats.sessions_by_mode.iter_mut().find(|(m, _)| *m == s.mode) {
+                entry.1 += 1;
+            }
+            stats.members += s.members.len();
+        }
+        stats
+    }
+
+    /// The debug listing, in creation order.
+    pub fn summaries(&self) -> Vec<SessionSummary> {
+        let sessions: Vec<_> = read(&self.shared.sessions).values().cloned().collect();
+        let mut rows: Vec<(u64, SessionSummary)> = sessions
+            .iter()
+            .map(|s| {
+                let s = lock(s);
+                (
+                    s.seq,
+                    SessionSummary {
+                        session_id: s.id.clone(),
+                        members: s.members.len(),
+                        messages: s.history.len(),
+                        public_keys: s.public_keys.len(),
+                    },
+                )
+            })
+            .collect();
+        rows.sort_by_key(|(seq, _)| *seq);
+        rows.into_iter().map(|(_, row)| row).collect()
+    }
+
+    /// `POST /api/reserve-session`: the session exists from now on, reserved.
+    pub fn reserve(&self, id: SessionId, auth_key: &str, mode: ChatMode) -> Result<(), ReserveError> {
+        let mut sessions = write(&self.shared.sessions);
+        if sessions.contains_key(&id) {
+            return Err(ReserveError::Exists);
+        }
+        if sessions.len() >= self.shared.limits.max_sessions {
+            return Err(ReserveError::Limit);
+        }
+        let session = self.new_session(id.clone(), mode, auth_key);
+        sessions.insert(id, Arc::new(Mutex::new(session)));
+        Ok(())
+    }
+
+    /// `join-session`, CONTRACT.md section 5 steps 2–10, for socket `conn`.
+    pub fn join(&self, req: JoinRequest, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
+        let session = match self.get(&req.session) {
+            Some(session) => session,
+            None if !req.is_creator => return Err(JoinError::SessionNotFound),
+            None => self.create_for_creator(&req)?,
+        };
+        let mut s = lock(&session);
+        s.admit(&req)?;
+        if req.is_creator && s.creator.as_ref().is_none_or(|c| *c == req.user) {
+            s.reserved = false;
+            s.creator = Some(req.user.clone());
+        }
+        let capacity = match s.mode {
+            ChatMode::Group => self.shared.limits.max_group_members,
+            ChatMode::Private | ChatMode::Password => PAIR_SESSION_SIZE,
+        };
+        let full = s.members.len() >= capacity;
+        let kind = match s.members.get_mut(&req.user) {
+            Some(member) if member.conn == *conn => JoinKind::Repeat,
+            Some(member) => {
+                let previous = std::mem::replace(&mut member.conn, conn.clone());
+                JoinKind::Rejoined { previous }
+            }
+            None if full => {
+                return Err(match s.mode {
+                    ChatMode::Group => JoinError::GroupFull(capacity),
+                    _ => JoinError::SessionFull,
+                });
+            }
+            None => {
+                let member = Member {
+                    conn: conn.clone(),
+                    display_name: None,
+                    joined_at: now_ms,
+                };
+                s.members.insert(req.user.clone(), member);
+                JoinKind::New
+            }
+        };
+        let member = s.members.get_mut(&req.user).expect("member inserted above");
+        if req.display_name.is_some() {
+            member.display_name = req.display_name.clone();
+        }
+        let (display_name, joined_at) = (member.display_name.clone(), member.joined_at);
+        if let Some(key) = req.public_key.filter(is_truthy) {
+            s.store_key(&req.user, key, display_name.clone(), joined_at);
+        }
+        s.last_activity = Instant::now();
+        Ok(Joined {
+            kind,
+            mode: s.mode,
+            display_name,
+            history: s
+                .history
+                .iter()
+                .filter(|m| m.visible_to(&req.user))
+                .cloned()
+                .collect(),
+            encrypted_session_key: s.wrapped_keys.get(req.user.as_str()).cloned(),
+            public_keys: s.public_keys.clone(),
+            timestamp: now_ms,
+        })
+    }
+
+    /// `get-public-keys`: every key but the requester's, or nothing when the
+    /// socket is not a member (nothing is revealed or created).
+    pub fn public_keys_for(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Vec<PublicKeyEntry> {
+        self.with_member(session, user, conn, |s| {
+            Ok(s.public_keys
+                .iter()
+                .filter(|k| &k.user_id != user)
+                .cloned()
+                .collect())
+        })
+        .unwrap_or_default()
+    }
+
+    /// `save-public-key`: stores the key; returns every key for the room.
+    pub fn save_public_key(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+        key: Value,
+        display_name: Option<Arc<str>>,
+    ) -> Result<Vec<PublicKeyEntry>, EventError> {
+        if !is_truthy(&key) {
+            return Err(EventError::InvalidPayload(
+                "publicKey must be a non-empty value".into(),
+            ));
+        }
+        self.with_member(session, user, conn, |s| {
+            let member = s.members.get_mut(user).expect("checked by with_member");
+            if display_name.is_some() {
+                member.display_name = display_name;
+            }
+            let (name, joined_at) = (member.display_name.clone(), member.joined_at);
+            s.store_key(user, key, name, joined_at);
+            Ok(s.public_keys.clone())
+        })
+    }
+
+    /// `set-session-key`: the creator of a group session replaces the wrapped keys.
+    pub fn set_session_key(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+        keys: serde_json::Map<String, Value>,
+    ) -> Result<Arc<serde_json::Map<String, Value>>, EventError> {
+        self.with_member(session, user, conn, |s| {
+            if s.mode != ChatMode::Group {
+                return Err(EventError::NotAllowed("Only group sessions have a session key."));
+            }
+            if s.creator.as_ref() != Some(user) {
+                return Err(EventError::NotAllowed(
+                    "Only the session's creator may set its key.",
+                ));
+            }
+            s.wrapped_keys = Arc::new(keys);
+            Ok(s.wrapped_keys.clone())
+        })
+    }
+
+    /// `send-message`: stores a new id once and says where the message goes.
+    pub fn send_message(
+        &self,
+        session: &SessionId,
+        from: &UserId,
+        conn: &ConnId,
+        out: Outgoing,
+        now_ms: u64,
+        keep_original: bool,
+    ) -> Result<Sent, EventError> {
+        let limits = &self.shared.limits;
+        let sent = self.with_member(session, from, conn, |s| {
+            let route = match out.to.as_deref() {
+                None | Some("all") => Route::Others,
+                Some(to) => match s.members.iter().find(|(id, _)| id.as_str() == to) {
+                    Some((_, member)) => Route::Conn(member.conn.clone()),
+                    None => return Err(EventError::UnknownRecipient),
+                },
+            };
+            let id = out
+                .client_message_id
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into());
+            let is_new = !s.history_ids.contains(&id);
+            let message = Arc::new(Message {
+                id,
+                from: from.clone(),
+                to: out.to,
+                encrypted: out.encrypted,
+                timestamp: now_ms,
+                kind: out.kind.unwrap_or_else(|| "text".into()),
+                sender_display_name: s.members.get(from).and_then(|m| m.display_name.clone()),
+                original_content: if keep_original { out.original_content } else { None },
+            });
+            if is_new {
+                s.push_history(message.clone(), limits, &self.shared.total_history_bytes);
+            }
+            Ok(Sent {
+                message,
+                is_new,
+                route,
+            })
+        });
+        if self.total_history_bytes() > limits.max_total_history_bytes {
+            self.enforce_history_budget();
+        }
+        sent
+    }
+
+    /// History bytes held by all sessions.
+    pub fn total_history_bytes(&self) -> usize {
+        self.shared.total_history_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Drops the oldest messages of the largest sessions until all history
+    /// fits `MAX_TOTAL_HISTORY_BYTES`. Runs only when over the budget.
+    fn enforce_history_budget(&self) {
+        let budget = self.shared.limits.max_total_history_bytes;
+        let total = &self.shared.total_history_bytes;
+        while total.load(Ordering::Relaxed) > budget {
+            let sessions: Vec<_> = read(&self.shared.sessions).values().cloned().collect();
+            let Some(largest) = sessions.iter().max_by_key(|s| lock(s).history_bytes) else {
+                return;
+            };
+            let mut s = lock(largest);
+            if s.history.is_empty() {
+                return;
+            }
+            while total.load(Ordering::Relaxed) > budget && !s.history.is_empty() {
+                s.pop_oldest(total);
+            }
+        }
+    }
+
+    /// `file-downloaded`: the socket of the member `sender` gets the notification.
+    pub fn download_target(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+        sender: &str,
+    ) -> Result<ConnId, EventError> {
+        self.with_member(session, user, conn, |s| {
+            s.members
+                .iter()
+                .find(|(id, _)| id.as_str() == sender)
+                .map(|(_, m)| m.conn.clone())
+                .ok_or(EventError::UnknownRecipient)
+        })
+    }
+
+    /// `typing` / `stopped-typing`: the member's display name, when it is a member.
+    pub fn typing(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+    ) -> Result<Option<Arc<str>>, EventError> {
+        self.with_member(session, user, conn, |s| Ok(s.members[user].display_name.clone()))
+    }
+
+    /// `leave-session`: removes the member and its key.
+    pub fn leave(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Result<Left, EventError> {
+        self.with_member(session, user, conn, |s| {
+            let member = s.members.remove(user).expect("checked by with_member");
+            s.public_keys.retain(|k| &k.user_id != user);
+            Ok(Left {
+                display_name: member.display_name,
+                public_keys: s.public_keys.clone(),
+            })
+        })
+    }
+
+    /// A socket's disconnect: as [`MemoryStore::leave`] when it is still the member's
+    /// current socket, otherwise nothing (the member rejoined from a newer one).
+    pub fn disconnect(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Option<Left> {
+        self.leave(session, user, conn).ok()
+    }
+
+    /// Removes every member of every session (at shutdown), returning who
+    /// left where so that the departures can be announced once.
+    pub fn remove_all_members(&self) -> Vec<Departures> {
+        let sessions: Vec<_> = read(&self.shared.sessions).values().cloned().collect();
+        let mut all = Vec::new();
+        for session in sessions {
+            let mut s = lock(&session);
+            if s.members.is_empty() {
+                continue;
+            }
+            s.public_keys.clear();
+            let members = s
+                .members
+                .drain()
+                .map(|(user, m)| (user, m.display_name, m.conn))
+                .collect();
+            all.push(Departures {
+                session: s.id.clone(),
+                members,
+                remaining_keys: None,
+            });
+        }
+        all
+    }
+
+    /// Evicts idle sessions; returns those that still had members, whose
+    /// sockets must be told `SESSION_EXPIRED`.
+    pub fn sweep(&self, now: Instant) -> Vec<Expired> {
+        let limits = &self.shared.limits;
+        let mut expired = Vec::new();
+        let mut sessions = write(&self.shared.sessions);
+        sessions.retain(|id, session| {
+            let s = lock(session);
+            let idle = now.saturating_duration_since(s.last_activity);
+            let timeout = if s.members.is_empty() {
+                limits.idle_timeout
+            } else {
+                limits.member_timeout
+            };
+            if idle < timeout {
+                return true;
+            }
+            self.shared
+                .total_history_bytes
+                .fetch_sub(s.history_bytes, Ordering::Relaxed);
+            if !s.members.is_empty() {
+                let conns = s.members.values().map(|m| m.conn.clone()).collect();
+                expired.push(Expired {
+                    session: id.clone(),
+                    conns,
+                });
+            }
+            false
+        });
+        expired
+    }
+
+    /// Checks the store's invariants; used by property tests and fuzzing.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let limits = &self.shared.limits;
+        let sessions: Vec<_> = read(&self.shared.sessions)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if sessions.len() > limits.max_sessions {
+            return Err(format!("{} sessions over the limit", sessions.len()));
+        }
+        let mut total = 0;
+        for (id, session) in sessions {
+            let s = lock(&session);
+            if s.id != id {
+                return Err(format!("session {id} stored under another id"));
+            }
+            let capacity = match s.mode {
+                ChatMode::Group => limits.max_group_members,
+                _ => PAIR_SESSION_SIZE,
+            };
+            if s.members.len() > capacity {
+                return Err(format!(
+                    "{id}: {} members over capacity {capacity}",
+                    s.members.len()
+                ));
+            }
+            let mut conns = HashSet::new();
+            if !s.members.values().all(|m| conns.insert(m.conn.clone())) {
+                return Err(format!("{id}: one socket bound to two members"));
+            }
+            if let Some(k) = s.public_keys.iter().find(|k| !s.members.contains_key(&k.user_id)) {
+                return Err(format!("{id}: key of non-member {}", k.user_id));
+            }
+            if s.reserved && !s.members.is_empty() {
+                return Err(format!("{id}: reserved session with members"));
+            }
+            let bytes: usize = s.history.iter().map(|m| m.weight()).sum();
+            if bytes != s.history_bytes {
+                return Err(format!(
+                    "{id}: history bytes {} but counted {}",
+                    bytes, s.history_bytes
+                ));
+            }
+            if s.history.len() > limits.max_history_messages
+                || (s.history.len() > 1 && s.history_bytes > limits.max_history_bytes)
+            {
+                return Err(format!("{id}: history over its bounds"));
+            }
+            let ids: HashSet<_> = s.history.iter().map(|m| m.id.clone()).collect();
+            if ids.len() != s.history.len() || ids != s.history_ids {
+                return Err(format!("{id}: history ids out of step"));
+            }
+            total += bytes;
+        }
+        if total != self.total_history_bytes() {
+            return Err(format!(
+                "total history {} but counted {}",
+                total,
+                self.total_history_bytes()
+            ));
+        }
+        if total > limits.max_total_history_bytes {
+            return Err(format!("total history {total} over the budget"));
+        }
+        Ok(())
+    }
+
+    /// Test hook: panics while holding `session`'s lock, to show that a bug
+    /// in a critical section neither takes the server down nor poisons the store.
+    #[doc(hidden)]
+    pub fn panic_while_locked(&self, session: &SessionId) {
+        if let Some(session) = self.get(session) {
+            let _guard = lock(&session);
+            panic!("test hook: panic inside a session lock");
+        }
+        panic!("test hook: panic without a session");
+    }
+
+    fn get(&self, id: &SessionId) -> Option<Arc<Mutex<Session>>> {
+        read(&self.shared.sessions).get(id).cloned()
+    }
+
+    /// A new session, reserved until its creator joins.
+    fn new_session(&self, id: SessionId, mode: ChatMode, auth_key: &str) -> Session {
+        // In password mode the key is "<key>:<base64 password>"; joiners prove the password part.
+        let password = match mode {
+            ChatMode::Password => auth_key.split_once(':').map(|(_, pw)| Digest32::of(pw)),
+            _ => None,
+        };
+        Session {
+            id,
+            seq: self.shared.next_seq.fetch_add(1, Ordering::Relaxed),
+            mode,
+            key: Digest32::of(auth_key),
+            password,
+            reserved: true,
+            creator: None,
+            members: HashMap::new(),
+            public_keys: Vec::new(),
+            history: VecDeque::new(),
+            history_bytes: 0,
+            history_ids: HashSet::new(),
+            wrapped_keys: Arc::default(),
+            last_activity: Instant::now(),
+        }
+    }
+
+    /// A creator's join of an unknown id creates the session with the offered key.
+    fn create_for_creator(&self, req: &JoinRequest) -> Result<Arc<Mutex<Session>>, JoinError> {
+        let Some(key) = req.offered_key.as_deref().filter(|k| !k.is_empty()) else {
+            return Err(JoinError::InvalidKey);
+        };
+        let mut sessions = write(&self.shared.sessions);
+        if let Some(existing) = sessions.get(&req.session) {
+            // Created by another join between our look-up and this lock.
+            return Ok(existing.clone());
+        }
+        if sessions.len() >= self.shared.limits.max_sessions {
+            return Err(JoinError::SessionLimit);
+        }
+        let session = Arc::new(Mutex::new(self.new_session(req.session.clone(), req.mode, key)));
+        sessions.insert(req.session.clone(), session.clone());
+        Ok(session)
+    }
+
+    /// Runs `f` on the session when `conn` is `user`'s current socket in it,
+    /// and counts the call as activity when it succeeds.
+    fn with_member<R>(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+        f: impl FnOnce(&mut Session) -> Result<R, EventError>,
+    ) -> Result<R, EventError> {
+        let session = self.get(session).ok_or(EventError::NotInSession)?;
+        let mut s = lock(&session);
+        match s.members.get(user) {
+            Some(member) if member.conn == *conn => {}
+            _ => return Err(EventError::NotInSession),
+        }
+        let result = f(&mut s)?;
+        s.last_activity = Instant::now();
+        Ok(result)
+    }
+}
+
+impl Session {
+    /// The key and password checks of a join (steps 3–4).
+    fn admit(&self, req: &JoinRequest) -> Result<(), JoinError> {
+        if req.is_creator {
+            let offered = req.offered_key.as_deref().unwrap_or_default();
+            return if self.key.matches(offered) {
+                Ok(())
+            } else {
+                Err(JoinError::CreatorKeyMismatch)
+            };
+        }
+        match (&self.password, req.offered_password.as_deref()) {
+            (Some(password), Some(offered)) => {
+                if !password.matches(offered) {
+                    return Err(JoinError::InvalidPassword);
+                }
+            }
+            _ => {
+                let offered = req.offered_key.as_deref().unwrap_or_default();
+                if !self.key.matches(offered) {
+                    return Err(JoinError::InvalidKey);
+                }
+            }
+        }
+        if self.reserved {
+            return Err(JoinError::SessionNotActive);
+        }
+        Ok(())
+    }
+
+    fn store_key(&mut self, user: &UserId, key: Value, display_name: Option<Arc<str>>, joined_at: u64) {
+        let entry = PublicKeyEntry {
+            user_id: user.clone(),
+            public_key: key,
+            display_name,
+            joined_at,
+        };
+        match self.public_keys.iter_mut().find(|k| &k.user_id == user) {
+            Some(existing) => *existing = entry,
+            None => self.public_keys.push(entry),
+        }
+    }
+
+    /// Appends to history, dropping the oldest messages past either bound.
+    fn push_history(&mut self, message: Arc<Message>, limits: &Limits, total: &AtomicUsize) {
+        let weight = message.weight();
+        self.history_bytes += weight;
+        total.fetch_add(weight, Ordering::Relaxed);
+        self.history_ids.insert(message.id.clone());
+        self.history.push_back(message);
+        while !self.history.is_empty()
+            && (self.history.len() > limits.max_history_messages
+                || self.history_bytes > limits.max_history_bytes)
+        {
+            self.pop_oldest(total);
+        }
+    }
+
+    fn pop_oldest(&mut self, total: &AtomicUsize) {
+        if let Some(old) = self.history.pop_front() {
+            let weight = old.weight();
+            self.history_bytes -= weight;
+            total.fetch_sub(weight, Ordering::Relaxed);
+            self.history_ids.remove(&old.id);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,801 @@
+//! The Redis backend: the sessions of a cluster, shared by every node.
+//!
+//! Each [`Store`](crate::domain::Store) operation is one Lua script (one
+//! round trip, atomic in Redis; see [`scripts`] for the key layout). Every
+//! call is bounded by `STORE_TIMEOUT_MS`: a Redis that is down or slow turns
+//! into [`Unavailable`] (`STORE_UNAVAILABLE` on the wire), never a hang, and
+//! the connection manager reconnects by itself when Redis is back.
+//!
+//! Each node also keeps a heartbeat key and an index of the members
+//! connected to it, so that the survivors can remove the members of a node
+//! that died ([`RedisStore::reap_dead_nodes`]).
+
+pub mod driver;
+mod scripts;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, ScriptInvocation, Value};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::domain::message::MessageView;
+use crate::domain::store::{
+    is_truthy, Departures, Expired, JoinKind, JoinRequest, Joined, Left, Limits, Outgoing, Route, Sent,
+    SessionSummary, StoreStats, Sweep,
+};
+use crate::domain::{
+    epoch_ms, ChatMode, ConnId, EventError, JoinError, Message, PublicKeyEntry, ReserveError, SessionId,
+    Unavailable, UserId,
+};
+use driver::ManagedDriver;
+
+/// Sessions evicted per sweep at most; the rest wait for the next sweep.
+const SWEEP_BATCH: usize = 500;
+/// Reconnection attempts per failed call; the next call starts again.
+const RECONNECT_RETRIES: usize = 2;
+/// Longest wait between reconnection attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+/// Oldest Redis the adapter works with (it needs RESP3).
+const MIN_REDIS_MAJOR: u32 = 7;
+
+/// The cluster settings from [`crate::Config`].
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `REDIS_URL`.
+    pub url: String,
+    /// `REDIS_PREFIX`: of every key and pub/sub channel.
+    pub prefix: String,
+    /// `NODE_ID`: how this node names itself in Redis.
+    pub node_id: String,
+    /// `NODE_TIMEOUT_SECS`: a node whose heartbeat is older is dead.
+    pub node_timeout: Duration,
+    /// `STORE_TIMEOUT_MS`: the longest a Redis call may take.
+    pub store_timeout: Duration,
+    /// `CLEANUP_INTERVAL_SECS`: the backstop TTL must outlast a sweep.
+    pub cleanup_interval: Duration,
+}
+
+/// Cloneable handle to the sessions in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    node: String,
+    limits: Limits,
+    timeout: Duration,
+    node_timeout: Duration,
+    /// How long session keys outlive their eviction deadline.
+    ttl_margin: Duration,
+    /// False from a failed call until the next call that works (for logs).
+    reachable: AtomicBool,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    reserve: Script,
+    join: Script,
+    public_keys: Script,
+    save_key: Script,
+    set_session_key: Script,
+    send_message: Script,
+    download_target: Script,
+    typing: Script,
+    leave: Script,
+    evict: Script,
+    remove_node: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        let s = |body: &str| Script::new(&format!("{}{}", scripts::PRELUDE, body));
+        Self {
+            reserve: s(scripts::RESERVE),
+            join: s(scripts::JOIN),
+            public_keys: s(scripts::PUBLIC_KEYS),
+            save_key: s(scripts::SAVE_KEY),
+            set_session_key: s(scripts::SET_SESSION_KEY),
+            send_message: s(scripts::SEND_MESSAGE),
+            download_target: s(scripts::DOWNLOAD_TARGET),
+            typing: s(scripts::TYPING),
+            leave: s(scripts::LEAVE),
+            evict: s(scripts::EVICT),
+            remove_node: s(scripts::REMOVE_NODE),
+        }
+    }
+}
+
+/// Connects the store and the adapter's pub/sub driver. Fails, naming
+/// `REDIS_URL`, when Redis cannot be reached or is too old.
+pub async fn connect(
+    settings: &RedisSettings,
+    limits: Limits,
+) -> anyhow::Result<(RedisStore, ManagedDriver)> {
+    let shown = crate::config::mask_url_password(&settings.url);
+    let client = redis::Client::open(with_resp3(&settings.url).as_str())
+        .with_context(|| format!("REDIS_URL ({shown}) is not a valid Redis URL"))?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(settings.store_timeout))
+        .set_connection_timeout(Some(settings.store_timeout))
+        .set_number_of_retries(RECONNECT_RETRIES)
+        .set_max_delay(RECONNECT_MAX_DELAY);
+    let unreachable = || format!("cannot reach Redis at REDIS_URL ({shown})");
+    let conn = ConnectionManager::new_with_config(client.clone(), config.clone())
+        .await
+        .with_context(unreachable)?;
+    check_version(&mut conn.clone()).await.with_context(unreachable)?;
+    let driver = ManagedDriver::connect(client, config)
+        .await
+        .with_context(unreachable)?;
+    let store = RedisStore {
+        inner: Arc::new(Inner {
+            conn,
+            prefix: settings.prefix.clone(),
+            node: settings.node_id.clone(),
+            ttl_margin: settings.cleanup_interval * 2 + Duration::from_secs(60),
+            limits,
+            timeout: settings.store_timeout,
+            node_timeout: settings.node_timeout,
+            reachable: AtomicBool::new(true),
+            scripts: Scripts::load(),
+        }),
+    };
+    Ok((store, driver))
+}
+
+/// The socketioxide-redis adapter needs RESP3 (push messages).
+fn with_resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+async fn check_version(conn: &mut ConnectionManager) -> anyhow::Result<()> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("0")
+        .trim()
+        .to_owned();
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    anyhow::ensure!(
+        major >= MIN_REDIS_MAJOR,
+        "Redis {version} is too old: the Socket.IO adapter needs Redis {MIN_REDIS_MAJOR} or later"
+    );
+    Ok(())
+}
+
+/// Hex SHA-256 of a secret: Redis only ever holds digests, compared in the
+/// scripts without stopping at the first difference.
+fn digest(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn flag(b: bool) -> &'static str {
+    if b {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+/// An optional string as the scripts take it.
+fn opt_arg(v: Option<&str>) -> String {
+    v.map_or_else(String::new, |v| format!("={v}"))
+}
+
+/// A script's answer, read front to back.
+struct Reply(std::vec::IntoIter<Value>);
+
+impl Reply {
+    fn string(&mut self) -> String {
+        match self.0.next() {
+            Some(Value::BulkString(b)) => String::from_utf8(b).unwrap_or_default(),
+            Some(Value::SimpleString(s)) => s,
+            Some(Value::Int(n)) => n.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    fn opt(&mut self) -> Option<Arc<str>> {
+        let s = self.string();
+        s.strip_prefix('=').map(Into::into)
+    }
+
+    fn list(&mut self) -> Vec<Value> {
+        match self.0.next() {
+            Some(Value::Array(v) | Value::Set(v)) => v,
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn text(v: Value) -> String {
+    Reply(vec![v].into_iter()).string()
+}
+
+/// Public key entries from a flat `user, "<order>|<json>"` list, in the
+/// order they were first stored.
+fn public_keys(flat: Vec<Value>) -> Vec<PublicKeyEntry> {
+    let mut rows: Vec<(u64, PublicKeyEntry)> = flat
+        .into_iter()
+        .skip(1)
+        .step_by(2)
+        .filter_map(|v| {
+            let row = text(v);
+            let (order, json) = row.split_once('|')?;
+            Some((order.parse().ok()?, serde_json::from_str(json).ok()?))
+        })
+        .collect();
+    rows.sort_by_key(|(order, _)| *order);
+    rows.into_iter().map(|(_, k)| k).collect()
+}
+
+/// A history entry as stored: the wire shape plus the author's plaintext
+/// when `ORIGINAL_CONTENT=author` kept it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredMessage {
+    id: Arc<str>,
+    from: UserId,
+    #[serde(default)]
+    to: Option<Arc<str>>,
+    encrypted: serde_json::Value,
+    timestamp: u64,
+    #[serde(rename = "type")]
+    kind: Arc<str>,
+    #[serde(default)]
+    sender_display_name: Option<Arc<str>>,
+    #[serde(default)]
+    original_content: Option<serde_json::Value>,
+}
+
+impl From<StoredMessage> for Message {
+    fn from(m: StoredMessage) -> Self {
+        Self {
+            id: m.id,
+            from: m.from,
+            to: m.to,
+            encrypted: m.encrypted,
+            timestamp: m.timestamp,
+            kind: m.kind,
+            sender_display_name: m.sender_display_name,
+            original_content: m.original_content,
+        }
+    }
+}
+
+fn event_refusal(code: &str) -> EventError {
+    match code {
+        "UNKNOWN_RECIPIENT" => EventError::UnknownRecipient,
+        "NOT_GROUP" => EventError::NotAllowed("Only group sessions have a session key."),
+        "NOT_CREATOR" => EventError::NotAllowed("Only the session's creator may set its key."),
+        _ => EventError::NotInSession,
+    }
+}
+
+fn join_refusal(code: &str) -> JoinError {
+    match code {
+        "SESSION_NOT_FOUND" => JoinError::SessionNotFound,
+        "CREATOR_KEY_MISMATCH" => JoinError::CreatorKeyMismatch,
+        "INVALID_PASSWORD" => JoinError::InvalidPassword,
+        "SESSION_NOT_ACTIVE" => JoinError::SessionNotActive,
+        "SESSION_LIMIT" => JoinError::SessionLimit,
+        _ => JoinError::InvalidKey,
+    }
+}
+
+impl RedisStore {
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// How often heartbeats are written and dead nodes looked for.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.inner.node_timeout / 3
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.inner.prefix)
+    }
+
+    /// A script call with the arguments every script takes.
+    fn invocation<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+        let limits = &self.inner.limits;
+        let mut inv = script.prepare_invoke();
+        inv.arg(&self.inner.prefix)
+            .arg(epoch_ms())
+            .arg(limits.idle_timeout.as_millis() as u64)
+            .arg(limits.member_timeout.as_millis() as u64)
+            .arg(self.inner.ttl_margin.as_millis() as u64);
+        inv
+    }
+
+    /// Runs a script; its answer starts with `ok` or a refusal code.
+    async fn run(&self, inv: ScriptInvocation<'_>) -> Result<(String, Reply), Unavailable> {
+        let mut conn = self.inner.conn.clone();
+        let value = self.bounded(inv.invoke_async::<Value>(&mut conn)).await?;
+        let mut reply = match value {
+            Value::Array(v) => Reply(v.into_iter()),
+            other => {
+                tracing::error!(?other, "unexpected answer from a store script");
+                return Err(Unavailable);
+            }
+        };
+        let status = reply.string();
+        Ok((status, reply))
+    }
+
+    /// Awaits a Redis call for at most `STORE_TIMEOUT_MS`.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Unavailable> {
+        let outcome = match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within STORE_TIMEOUT_MS".to_owned()),
+        };
+        let was = self.inner.reachable.swap(outcome.is_ok(), Ordering::Relaxed);
+        match &outcome {
+            Err(e) if was => {
+                tracing::error!(error = %e, "Redis unavailable: events fail with STORE_UNAVAILABLE")
+            }
+            Err(e) => tracing::debug!(error = %e, "Redis call failed"),
+            Ok(_) if !was => tracing::info!("Redis reachable again"),
+            Ok(_) => {}
+        }
+        if outcome.is_err() {
+            crate::metrics::store_unavailable();
+        }
+        outcome.map_err(|_| Unavailable)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Unavailable> {
+        let mut conn = self.inner.conn.clone();
+        self.bounded(cmd.query_async(&mut conn)).await
+    }
+
+    pub async fn session_count(&self) -> Result<usize, Unavailable> {
+        self.query(redis::cmd("ZCARD").arg(self.key("sessions"))).await
+    }
+
+    /// Sessions in the cluster and members connected to this node (summed
+    /// over the nodes, that is every member). Per-mode counts and history
+    /// bytes are not tracked in Redis.
+    pub async fn stats(&self) -> Result<StoreStats, Unavailable> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZCARD")
+            .arg(self.key("sessions"))
+            .cmd("SCARD")
+            .arg(self.node_members_key(&self.inner.node));
+        let mut conn = self.inner.conn.clone();
+        let (sessions, members): (usize, usize) = self.bounded(pipe.query_async(&mut conn)).await?;
+        Ok(StoreStats {
+            sessions,
+            sessions_by_mode: Vec::new(),
+            members,
+            history_bytes: 0,
+        })
+    }
+
+    fn node_members_key(&self, node: &str) -> String {
+        self.key(&format!("node:{node}:m"))
+    }
+
+    fn session_key(&self, id: &str) -> String {
+        self.key(&format!("s:{{{id}}}"))
+    }
+
+    /// The debug listing (`DEBUG=true` only): one round trip per session.
+    pub async fn summaries(&self) -> Result<Vec<SessionSummary>, Unavailable> {
+        let ids: Vec<String> = self
+            .query(redis::cmd("ZRANGE").arg(self.key("sessions")).arg(0).arg(-1))
+            .await?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(session_id) = SessionId::parse(&id) else {
+                continue;
+            };
+            let base = self.session_key(&id);
+            let mut pipe = redis::pipe();
+            pipe.cmd("HLEN")
+                .arg(format!("{base}:m"))
+                .cmd("LLEN")
+                .arg(format!("{base}:h"))
+                .cmd("HLEN")
+                .arg(format!("{base}:k"));
+            let mut conn = self.inner.conn.clone();
+            let (members, messages, public_keys) = self.bounded(pipe.query_async(&mut conn)).await?;
+            rows.push(SessionSummary {
+                session_id,
+                members,
+                messages,
+                public_keys,
+            });
+        }
+        Ok(rows)
+    }
+
+    pub async fn reserve(&self, id: SessionId, auth_key: &str, mode: ChatMode) -> Result<(), ReserveError> {
+        let mut inv = self.invocation(&self.inner.scripts.reserve);
+        inv.arg(id.as_str())
+            .arg(mode.as_str())
+            .arg(digest(auth_key))
+            .arg(password_digest(mode, auth_key))
+            .arg(self.inner.limits.max_sessions);
+        match self.run(inv).await?.0.as_str() {
+            "ok" => Ok(()),
+            "EXISTS" => Err(ReserveError::Exists),
+            _ => Err(ReserveError::Limit),
+        }
+    }
+
+    pub async fn join(&self, req: JoinRequest, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
+        let offered_key = req.offered_key.as_deref().unwrap_or_default();
+        let public_key = req
+            .public_key
+            .filter(is_truthy)
+            .map(|k| k.to_string())
+            .unwrap_or_default();
+        let limits = &self.inner.limits;
+        let mut inv = self.invocation(&self.inner.scripts.join);
+        inv.arg(req.session.as_str())
+            .arg(req.user.as_str())
+            .arg(conn.as_str())
+            .arg(&self.inner.node)
+            .arg(flag(req.is_creator))
+            .arg(digest(offered_key))
+            .arg(flag(!offered_key.is_empty()))
+            .arg(req.offered_password.as_deref().map(digest).unwrap_or_default())
+            .arg(req.mode.as_str())
+            .arg(password_digest(req.mode, offered_key))
+            .arg(limits.max_sessions)
+            .arg(limits.max_group_members)
+            .arg(opt_arg(req.display_name.as_deref()))
+            .arg(public_key);
+        let (status, mut r) = self.run(inv).await?;
+        match status.as_str() {
+            "ok" => {}
+            "SESSION_FULL" => {
+                let mode = r.string();
+                let capacity = r.string().parse().unwrap_or(2);
+                return Err(if mode == "group" {
+                    JoinError::GroupFull(capacity)
+                } else {
+                    JoinError::SessionFull
+                });
+            }
+            code => return Err(join_refusal(code)),
+        }
+        let kind = match (r.string().as_str(), r.string()) {
+            ("new", _) => JoinKind::New,
+            ("repeat", _) => JoinKind::Repeat,
+            (_, previous) => JoinKind::Rejoined {
+                previous: ConnId::new(previous),
+            },
+        };
+        let mode = ChatMode::parse(&r.string()).unwrap_or_default();
+        let display_name = r.opt();
+        let wrapped: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&r.string()).unwrap_or_default();
+        let public_keys = public_keys(r.list());
+        let history = r
+            .list()
+            .into_iter()
+            .filter_map(|v| serde_json::from_slice::<StoredMessage>(text(v).as_bytes()).ok())
+            .map(Message::from)
+            .filter(|m| m.visible_to(&req.user))
+            .map(Arc::new)
+            .collect();
+        Ok(Joined {
+            kind,
+            mode,
+            display_name,
+            history,
+            encrypted_session_key: wrapped.get(req.user.as_str()).cloned(),
+            public_keys,
+            timestamp: now_ms,
+        })
+    }
+
+    /// A member-only script: refusals map to the contract's event errors.
+    async fn member_op(
+        &self,
+        script: &Script,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+        extra: impl FnOnce(&mut ScriptInvocation<'_>),
+    ) -> Result<Reply, EventError> {
+        let mut inv = self.invocation(script);
+        inv.arg(session.as_str()).arg(user.as_str()).arg(conn.as_str());
+        extra(&mut inv);
+        match self.run(inv).await? {
+            (status, reply) if status == "ok" => Ok(reply),
+            (code, _) => Err(event_refusal(&code)),
+        }
+    }
+
+    pub async fn public_keys_for(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+    ) -> Result<Vec<PublicKeyEntry>, EventError> {
+        match self
+            .member_op(&self.inner.scripts.public_keys, session, user, conn, |_| {})
+            .await
+        {
+            Ok(mut r) => Ok(public_keys(r.list())
+                .into_iter()
+                .filter(|k| &k.user_id != user)
+                .collect()),
+            Err(EventError::StoreUnavailable) => Err(EventError::StoreUnavailable),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    pub async fn save_public_key(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+        key: serde_json::Value,
+        display_name: Option<Arc<str>>,
+    ) -> Result<Vec<PublicKeyEntry>, EventError> {
+        if !is_truthy(&key) {
+            return Err(EventError::InvalidPayload(
+                "publicKey must be a non-empty value".into(),
+            ));
+        }
+        let mut r = self
+            .member_op(&self.inner.scripts.save_key, session, user, conn, |inv| {
+                inv.arg(opt_arg(display_name.as_deref())).arg(key.to_string());
+            })
+            .await?;
+        Ok(public_keys(r.list()))
+    }
+
+    pub async fn set_session_key(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+        keys: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Arc<serde_json::Map<String, serde_json::Value>>, EventError> {
+        let json = serde_json::to_string(&keys).unwrap_or_else(|_| "{}".into());
+        self.member_op(&self.inner.scripts.set_session_key, session, user, conn, |inv| {
+            inv.arg(json);
+        })
+        .await?;
+        Ok(Arc::new(keys))
+    }
+
+    pub async fn send_message(
+        &self,
+        session: &SessionId,
+        from: &UserId,
+        conn: &ConnId,
+        out: Outgoing,
+        now_ms: u64,
+        keep_original: bool,
+    ) -> Result<Sent, EventError> {
+        let to = out.to.clone().filter(|to| &**to != "all");
+        let mut message = Message {
+            id: out
+                .client_message_id
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into()),
+            from: from.clone(),
+            to: out.to,
+            encrypted: out.encrypted,
+            timestamp: now_ms,
+            kind: out.kind.unwrap_or_else(|| "text".into()),
+            sender_display_name: None,
+            original_content: if keep_original { out.original_content } else { None },
+        };
+        // Serialized once, without the sender's name (the script adds the
+        // name it holds): the ciphertext is copied into Redis and nowhere else.
+        let stored = serde_json::to_string(&MessageView {
+            message: &message,
+            original_content: message.original_content.as_ref(),
+        })
+        .map_err(|e| EventError::InvalidPayload(e.to_string()))?;
+        let limits = &self.inner.limits;
+        let mut r = self
+            .member_op(&self.inner.scripts.send_message, session, from, conn, |inv| {
+                inv.arg(opt_arg(to.as_deref()))
+                    .arg(&*message.id)
+                    .arg(stored)
+                    .arg(message.weight())
+                    .arg(limits.max_history_messages)
+                    .arg(limits.max_history_bytes);
+            })
+            .await?;
+        let is_new = r.string() == "1";
+        let route = match r.string() {
+            conn if to.is_some() => Route::Conn(ConnId::new(conn)),
+            _ => Route::Others,
+        };
+        message.sender_display_name = r.opt();
+        Ok(Sent {
+            message: Arc::new(message),
+            is_new,
+            route,
+        })
+    }
+
+    pub async fn download_target(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+        sender: &str,
+    ) -> Result<ConnId, EventError> {
+        let mut r = self
+            .member_op(&self.inner.scripts.download_target, session, user, conn, |inv| {
+                inv.arg(sender);
+            })
+            .await?;
+        Ok(ConnId::new(r.string()))
+    }
+
+    pub async fn typing(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+    ) -> Result<Option<Arc<str>>, EventError> {
+        let mut r = self
+            .member_op(&self.inner.scripts.typing, session, user, conn, |_| {})
+            .await?;
+        Ok(r.opt())
+    }
+
+    pub async fn leave(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Result<Left, EventError> {
+        let mut r = self
+            .member_op(&self.inner.scripts.leave, session, user, conn, |_| {})
+            .await?;
+        Ok(Left {
+            display_name: r.opt(),
+            public_keys: public_keys(r.list()),
+        })
+    }
+
+    /// Evicts the sessions whose deadline passed. Every node sweeps; the
+    /// script lets exactly one of them evict (and announce) each session.
+    pub async fn sweep(&self) -> Result<Sweep, Unavailable> {
+        let due: Vec<String> = self
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.key("idle"))
+                    .arg("-inf")
+                    .arg(epoch_ms())
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(SWEEP_BATCH),
+            )
+            .await?;
+        let mut sweep = Sweep::default();
+        for id in due {
+            let mut inv = self.invocation(&self.inner.scripts.evict);
+            inv.arg(&id);
+            let (status, mut r) = self.run(inv).await?;
+            if status != "ok" {
+                continue;
+            }
+            sweep.evicted += 1;
+            let conns: Vec<ConnId> = r.list().into_iter().map(|v| ConnId::new(text(v))).collect();
+            if let (false, Some(session)) = (conns.is_empty(), SessionId::parse(&id)) {
+                sweep.expired.push(Expired { session, conns });
+            }
+        }
+        Ok(sweep)
+    }
+
+    /// Writes this node's heartbeat. Returns false when it had lapsed (the
+    /// other nodes may have removed this node's members meanwhile).
+    pub async fn heartbeat(&self) -> Result<bool, Unavailable> {
+        let node = &self.inner.node;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.key(&format!("node:{node}")))
+            .arg(epoch_ms())
+            .arg("PX")
+            .arg(self.inner.node_timeout.as_millis() as u64)
+            .arg("GET")
+            .cmd("SADD")
+            .arg(self.key("nodes"))
+            .arg(node)
+            .ignore();
+        let mut conn = self.inner.conn.clone();
+        let (previous,): (Option<String>,) = self.bounded(pipe.query_async(&mut conn)).await?;
+        Ok(previous.is_some())
+    }
+
+    /// Removes the members of every node whose heartbeat expired. Only the
+    /// node whose call removes a member gets it back, so each departure is
+    /// announced once.
+    pub async fn reap_dead_nodes(&self) -> Result<Vec<Departures>, Unavailable> {
+        let nodes: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(self.key("nodes"))).await?;
+        let mut all = Vec::new();
+        for node in nodes.iter().filter(|n| **n != self.inner.node) {
+            let departed = self.remove_node_members(Some(node)).await?;
+            if !departed.is_empty() {
+                let members: usize = departed.iter().map(|d| d.members.len()).sum();
+                tracing::warn!(node, members, "node stopped beating: its members were removed");
+                crate::metrics::forced_disconnect("dead_node");
+            }
+            all.extend(departed);
+        }
+        Ok(all)
+    }
+
+    /// Removes the members held by `node` when it is dead, or by this node
+    /// (`None`, unconditionally: at shutdown and at start-up).
+    pub async fn remove_node_members(&self, node: Option<&str>) -> Result<Vec<Departures>, Unavailable> {
+        let mut inv = self.invocation(&self.inner.scripts.remove_node);
+        inv.arg(node.unwrap_or(&self.inner.node))
+            .arg(flag(node.is_none()));
+        let (status, r) = self.run(inv).await?;
+        if status != "ok" {
+            return Ok(Vec::new());
+        }
+        Ok(r.0.filter_map(departures).collect())
+    }
+}
+
+/// One session's entry of `REMOVE_NODE`'s answer.
+fn departures(v: Value) -> Option<Departures> {
+    let Value::Array(parts) = v else { return None };
+    let mut r = Reply(parts.into_iter());
+    let session = SessionId::parse(&r.string())?;
+    let remaining = public_keys(r.list());
+    let members = r
+        .list()
+        .into_iter()
+        .filter_map(|m| {
+            let Value::Array(fields) = m else { return None };
+            let mut f = Reply(fields.into_iter());
+            let user = UserId::parse(&f.string())?;
+            let name = f.opt();
+            Some((user, name, ConnId::new(f.string())))
+        })
+        .collect();
+    Some(Departures {
+        session,
+        members,
+        remaining_keys: Some(remaining),
+    })
+}
+
+/// In `password` mode the auth key is `<key>:<password>`; joiners prove the
+/// password part. Empty for the other modes.
+fn password_digest(mode: ChatMode, auth_key: &str) -> String {
+    match (mode, auth_key.split_once(':')) {
+        (ChatMode::Password, Some((_, password))) => digest(password),
+        _ => String::new(),
+    }
+}

@@ -13,8 +13,9 @@ use socketioxide::SocketIo;
 use tokio::time::{self, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::redis::driver::ManagedDriver;
 use crate::redis::RedisStore;
-use crate::socket::announce_departures;
+use crate::socket::{announce_departures, cut_off};
 
 /// Registers this node: members left in Redis by an earlier run under the
 /// same `NODE_ID` are removed (and their departures announced), then the
@@ -38,8 +39,14 @@ pub async fn join<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) -> anyhow::R
     Ok(())
 }
 
-/// Beats and reaps until `stop` is cancelled.
-pub async fn run<A: Adapter>(store: RedisStore, io: SocketIo<A>, stop: CancellationToken) {
+/// Beats and reaps until `stop` is cancelled; keeps the adapter's pub/sub
+/// connection alive.
+pub async fn run<A: Adapter>(
+    store: RedisStore,
+    driver: ManagedDriver,
+    io: SocketIo<A>,
+    stop: CancellationToken,
+) {
     let every = store.heartbeat_interval();
     let mut ticks = time::interval_at(Instant::now() + every, every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -48,13 +55,28 @@ pub async fn run<A: Adapter>(store: RedisStore, io: SocketIo<A>, stop: Cancellat
             _ = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
+        if let Err(e) = driver.ping().await {
+            tracing::debug!(error = %e, "pub/sub connection not answering");
+        }
         match store.heartbeat().await {
             Ok(true) => {}
-            Ok(false) => tracing::error!(
-                node = store.node_id(),
-                "this node's heartbeat had lapsed (Redis unreachable or restarted): \
-                 other nodes may have removed its members, who must join again"
-            ),
+            Ok(false) => {
+                // Redis lost this node's members (restarted empty) or the
+                // others removed them (Redis was out of reach for longer
+                // than NODE_TIMEOUT_SECS). Its sockets would go on as
+                // members of nothing: cut them off, and the clients
+                // reconnect and join again.
+                let sockets = io.sockets();
+                tracing::error!(
+                    node = store.node_id(),
+                    sockets = sockets.len(),
+                    "this node's heartbeat had lapsed: reconnecting its clients so that they join again"
+                );
+                for socket in &sockets {
+                    crate::metrics::forced_disconnect("heartbeat_lapsed");
+                    cut_off(socket);
+                }
+            }
             // Logged by the store; the next beat tries again.
             Err(_) => continue,
         }

@@ -28,6 +28,7 @@ use crate::eviction;
 use crate::http::serve::{self, Frontdoor, ServeLimits};
 use crate::http::{self, HttpState, Readiness};
 use crate::limits::{IpLimiter, Rate};
+use crate::redis::driver::ManagedDriver;
 use crate::redis::{RedisSettings, RedisStore};
 use crate::socket::{self, App, ClusterAdapter};
 
@@ -35,6 +36,10 @@ use crate::socket::{self, App, ClusterAdapter};
 const DRAIN_WORKERS_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long shutdown waits for the accept loop to let connections finish.
 const DRAIN_HTTP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Cross-node packets a node may have received and not yet handed to its
+/// sockets; past it they are dropped (and counted). Slots are allocated
+/// only while a backlog exists.
+const ADAPTER_STREAM_BUFFER: usize = 65_536;
 /// How long browsers may cache a CORS preflight answer.
 const CORS_MAX_AGE: Duration = Duration::from_secs(600);
 
@@ -99,8 +104,10 @@ impl Server {
         let store = Store::Redis(redis.clone());
         let app = App::new(&config, store.clone(), workers.clone());
         let adapter = RedisAdapterCtr::new_with_driver(
-            driver,
-            RedisAdapterConfig::new().with_prefix(format!("{}-socket.io", config.redis_prefix)),
+            driver.clone(),
+            RedisAdapterConfig::new()
+                .with_prefix(format!("{}-socket.io", config.redis_prefix))
+                .with_stream_buffer(ADAPTER_STREAM_BUFFER),
         );
         let (service, io) = socket::builder(&config, app)
             .with_adapter::<ClusterAdapter>(adapter)
@@ -119,7 +126,7 @@ impl Server {
             service,
             io,
             workers,
-            cluster: Some(redis),
+            cluster: Some((redis, driver)),
         }
         .start()
         .await
@@ -133,7 +140,7 @@ struct Assembly<A: Adapter> {
     service: SocketIoService<NotFoundService, A>,
     io: SocketIo<A>,
     workers: TaskTracker,
-    cluster: Option<RedisStore>,
+    cluster: Option<(RedisStore, ManagedDriver)>,
 }
 
 impl<A: Adapter> Assembly<A> {
@@ -210,8 +217,13 @@ impl<A: Adapter> Assembly<A> {
             config.cleanup_interval,
             stop.clone(),
         ))];
-        if let Some(redis) = cluster {
-            background.push(tokio::spawn(cluster::run(redis, io.clone(), stop.clone())));
+        if let Some((redis, driver)) = cluster {
+            background.push(tokio::spawn(cluster::run(
+                redis,
+                driver,
+                io.clone(),
+                stop.clone(),
+            )));
         }
         readiness.set_ready();
         Ok(RunningServer {

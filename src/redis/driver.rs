@@ -38,6 +38,13 @@ impl ManagedDriver {
         let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self { conn, handlers })
     }
+
+    /// A round trip on the pub/sub connection. After Redis was lost, a
+    /// reconnection attempt may have given up; this starts another, so that
+    /// a node that has nothing to publish still hears the others again.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        redis::cmd("PING").query_async(&mut self.conn.clone()).await
+    }
 }
 
 /// Hands a published message to the adapter's stream for its channel. Never

@@ -65,8 +65,14 @@ const MAX_LOG_BYTES = 4 * 1024 * 1024;
 export async function startServer(env = {}) {
   const port = await freePort();
   const childEnv = { ...process.env };
-  // A developer's REDIS_URL must not leak into the tests.
+  // A developer's REDIS_URL must not leak into the tests. E2E_REDIS_URL runs
+  // the whole suite against the Redis backend instead (scripts/test.sh does
+  // both), each server under a prefix of its own.
   delete childEnv.REDIS_URL;
+  if (process.env.E2E_REDIS_URL) {
+    childEnv.REDIS_URL = process.env.E2E_REDIS_URL;
+    childEnv.REDIS_PREFIX = `t${randomBytes(6).toString('hex')}`;
+  }
   Object.assign(childEnv, {
     PORT: String(port),
     HOST: '127.0.0.1',

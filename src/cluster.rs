@@ -7,11 +7,17 @@
 //! node, so when several survivors try at once only one gets the members
 //! back, and each departure is announced exactly once. A dead node is thus
 //! noticed within about `NODE_TIMEOUT_SECS × 4/3`.
+//!
+//! When Redis is lost, the store refuses every operation until this task
+//! has brought the node back (see [`recover`]).
+
+use std::time::Duration;
 
 use socketioxide::adapter::Adapter;
 use socketioxide::SocketIo;
-use tokio::time::{self, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+
+use crate::domain::Unavailable;
 
 use crate::redis::driver::ManagedDriver;
 use crate::redis::RedisStore;
@@ -39,8 +45,11 @@ pub async fn join<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) -> anyhow::R
     Ok(())
 }
 
-/// Beats and reaps until `stop` is cancelled; keeps the adapter's pub/sub
-/// connection alive.
+/// How often a node that lost Redis checks whether it is back.
+const RECOVERY_POLL: Duration = Duration::from_millis(250);
+
+/// Beats and reaps until `stop` is cancelled, and brings the node back when
+/// Redis returns after a loss.
 pub async fn run<A: Adapter>(
     store: RedisStore,
     driver: ManagedDriver,
@@ -48,40 +57,56 @@ pub async fn run<A: Adapter>(
     stop: CancellationToken,
 ) {
     let every = store.heartbeat_interval();
-    let mut ticks = time::interval_at(Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        let wait = if store.is_healthy() { every } else { RECOVERY_POLL };
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = ticks.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        if let Err(e) = driver.ping().await {
-            tracing::debug!(error = %e, "pub/sub connection not answering");
+        if !store.is_healthy() {
+            recover(&store, &driver, &io).await;
+            continue;
         }
-        match store.heartbeat().await {
-            Ok(true) => {}
-            Ok(false) => {
-                // Redis lost this node's members (restarted empty) or the
-                // others removed them (Redis was out of reach for longer
-                // than NODE_TIMEOUT_SECS). Its sockets would go on as
-                // members of nothing: cut them off, and the clients
-                // reconnect and join again.
-                let sockets = io.sockets();
-                tracing::error!(
-                    node = store.node_id(),
-                    sockets = sockets.len(),
-                    "this node's heartbeat had lapsed: reconnecting its clients so that they join again"
-                );
-                for socket in &sockets {
-                    crate::metrics::forced_disconnect("heartbeat_lapsed");
-                    cut_off(socket);
-                }
-            }
-            // Logged by the store; the next beat tries again.
-            Err(_) => continue,
+        if !driver.listening().await {
+            store.mark_unhealthy("the Socket.IO adapter's pub/sub connection is down");
+            continue;
+        }
+        if beat(&store, &io).await.is_err() {
+            continue;
         }
         if let Ok(departed) = store.reap_dead_nodes().await {
             announce_departures(&io, departed).await;
         }
     }
+}
+
+/// After Redis was lost, the node serves events again only once Redis
+/// answers, the adapter hears the other nodes again (else emits between
+/// nodes would be lost), and a lapsed heartbeat has been dealt with (else
+/// clients that join now would be cut off later).
+async fn recover<A: Adapter>(store: &RedisStore, driver: &ManagedDriver, io: &SocketIo<A>) {
+    if driver.listening().await && beat(store, io).await.is_ok() {
+        store.mark_recovered();
+    }
+}
+
+/// Writes the heartbeat. When it had lapsed, Redis lost this node's members
+/// (restarted empty) or the others removed them (Redis was out of reach for
+/// longer than `NODE_TIMEOUT_SECS`): its sockets would go on as members of
+/// nothing, so they are cut off, and the clients reconnect and join again.
+async fn beat<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) -> Result<(), Unavailable> {
+    if store.heartbeat().await? {
+        return Ok(());
+    }
+    let sockets = io.sockets();
+    tracing::error!(
+        node = store.node_id(),
+        sockets = sockets.len(),
+        "this node's heartbeat had lapsed: reconnecting its clients so that they join again"
+    );
+    for socket in &sockets {
+        crate::metrics::forced_disconnect("heartbeat_lapsed");
+        cut_off(socket);
+    }
+    Ok(())
 }

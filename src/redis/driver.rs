@@ -22,11 +22,18 @@ type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 pub struct ManagedDriver {
     conn: ConnectionManager,
     handlers: Handlers,
+    /// A channel only this node subscribes to: while Redis counts its
+    /// subscriber, this connection's subscriptions are in place.
+    probe: Arc<str>,
 }
 
 impl ManagedDriver {
     /// Connects; fails when Redis cannot be reached now.
-    pub async fn connect(client: redis::Client, config: ConnectionManagerConfig) -> redis::RedisResult<Self> {
+    pub async fn connect(
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+        probe: String,
+    ) -> redis::RedisResult<Self> {
         let handlers: Handlers = Arc::default();
         let sink = handlers.clone();
         let config = config
@@ -35,15 +42,26 @@ impl ManagedDriver {
                 Ok::<(), std::convert::Infallible>(())
             })
             .set_automatic_resubscription();
-        let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self { conn, handlers })
+        let mut conn = ConnectionManager::new_with_config(client, config).await?;
+        conn.subscribe(&probe).await?;
+        Ok(Self {
+            conn,
+            handlers,
+            probe: probe.into(),
+        })
     }
 
-    /// A round trip on the pub/sub connection. After Redis was lost, a
-    /// reconnection attempt may have given up; this starts another, so that
-    /// a node that has nothing to publish still hears the others again.
-    pub async fn ping(&self) -> redis::RedisResult<()> {
-        redis::cmd("PING").query_async(&mut self.conn.clone()).await
+    /// Whether this node hears the others: a round trip on the pub/sub
+    /// connection (after Redis was lost, a reconnection attempt may have
+    /// given up; this starts another) and its subscriptions in place again.
+    pub async fn listening(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let subscribers: redis::RedisResult<(String, u32)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&*self.probe)
+            .query_async(&mut conn)
+            .await;
+        matches!(subscribers, Ok((_, n)) if n >= 1)
     }
 }
 

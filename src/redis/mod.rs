@@ -75,8 +75,10 @@ struct Inner {
     node_timeout: Duration,
     /// How long session keys outlive their eviction deadline.
     ttl_margin: Duration,
-    /// False from a failed call until the next call that works (for logs).
-    reachable: AtomicBool,
+    /// False from a failed call until the node has recovered (see
+    /// [`RedisStore::mark_recovered`]); meanwhile every operation is refused
+    /// at once and `/health` says `degraded`.
+    healthy: AtomicBool,
     scripts: Scripts,
 }
 
@@ -132,7 +134,8 @@ pub async fn connect(
         .await
         .with_context(unreachable)?;
     check_version(&mut conn.clone()).await.with_context(unreachable)?;
-    let driver = ManagedDriver::connect(client, config)
+    let probe = format!("{}:probe:{}", settings.prefix, settings.node_id);
+    let driver = ManagedDriver::connect(client, config, probe)
         .await
         .with_context(unreachable)?;
     let store = RedisStore {
@@ -144,7 +147,7 @@ pub async fn connect(
             limits,
             timeout: settings.store_timeout,
             node_timeout: settings.node_timeout,
-            reachable: AtomicBool::new(true),
+            healthy: AtomicBool::new(true),
             scripts: Scripts::load(),
         }),
     };
@@ -322,18 +325,30 @@ impl RedisStore {
 
     /// A script call with the arguments every script takes.
     fn invocation<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+        self.invocation_at(script, epoch_ms())
+    }
+
+    /// As [`Self::invocation`], at the caller's time `now_ms` (what a join
+    /// records as `joinedAt`).
+    fn invocation_at<'a>(&self, script: &'a Script, now_ms: u64) -> ScriptInvocation<'a> {
         let limits = &self.inner.limits;
         let mut inv = script.prepare_invoke();
         inv.arg(&self.inner.prefix)
-            .arg(epoch_ms())
+            .arg(now_ms)
             .arg(limits.idle_timeout.as_millis() as u64)
             .arg(limits.member_timeout.as_millis() as u64)
             .arg(self.inner.ttl_margin.as_millis() as u64);
         inv
     }
 
-    /// Runs a script; its answer starts with `ok` or a refusal code.
+    /// Runs a script; its answer starts with `ok` or a refusal code. Refused
+    /// at once while the node recovers from a lost Redis.
     async fn run(&self, inv: ScriptInvocation<'_>) -> Result<(String, Reply), Unavailable> {
+        self.gate()?;
+        self.run_ungated(inv).await
+    }
+
+    async fn run_ungated(&self, inv: ScriptInvocation<'_>) -> Result<(String, Reply), Unavailable> {
         let mut conn = self.inner.conn.clone();
         let value = self.bounded(inv.invoke_async::<Value>(&mut conn)).await?;
         let mut reply = match value {
@@ -347,32 +362,59 @@ impl RedisStore {
         Ok((status, reply))
     }
 
-    /// Awaits a Redis call for at most `STORE_TIMEOUT_MS`.
+    fn gate(&self) -> Result<(), Unavailable> {
+        if self.inner.healthy.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Unavailable)
+        }
+    }
+
+    /// Whether operations are served (Redis reachable, node recovered).
+    pub fn is_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Acquire)
+    }
+
+    /// Stops serving operations until [`Self::mark_recovered`].
+    pub fn mark_unhealthy(&self, why: &str) {
+        if self.inner.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                error = why,
+                "Redis unavailable: events fail with STORE_UNAVAILABLE"
+            );
+        }
+    }
+
+    /// Serves operations again: called once Redis answers, the adapter hears
+    /// the other nodes again and this node's heartbeat has been dealt with.
+    pub fn mark_recovered(&self) {
+        if !self.inner.healthy.swap(true, Ordering::AcqRel) {
+            tracing::info!("Redis reachable again: serving events");
+        }
+    }
+
+    /// Awaits a Redis call for at most `STORE_TIMEOUT_MS`; a failure closes
+    /// the gate until the node has recovered.
     async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Unavailable> {
         let outcome = match tokio::time::timeout(self.inner.timeout, call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer within STORE_TIMEOUT_MS".to_owned()),
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within STORE_TIMEOUT_MS".to_owned(),
         };
-        let was = self.inner.reachable.swap(outcome.is_ok(), Ordering::Relaxed);
-        match &outcome {
-            Err(e) if was => {
-                tracing::error!(error = %e, "Redis unavailable: events fail with STORE_UNAVAILABLE")
-            }
-            Err(e) => tracing::debug!(error = %e, "Redis call failed"),
-            Ok(_) if !was => tracing::info!("Redis reachable again"),
-            Ok(_) => {}
-        }
-        if outcome.is_err() {
-            crate::metrics::store_unavailable();
-        }
-        outcome.map_err(|_| Unavailable)
+        crate::metrics::store_unavailable();
+        self.mark_unhealthy(&outcome);
+        Err(Unavailable)
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Unavailable> {
+        self.gate()?;
+        self.query_ungated(cmd).await
+    }
+
+    async fn query_ungated<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Unavailable> {
         let mut conn = self.inner.conn.clone();
         self.bounded(cmd.query_async(&mut conn)).await
     }
@@ -390,6 +432,7 @@ impl RedisStore {
             .arg(self.key("sessions"))
             .cmd("SCARD")
             .arg(self.node_members_key(&self.inner.node));
+        self.gate()?;
         let mut conn = self.inner.conn.clone();
         let (sessions, members): (usize, usize) = self.bounded(pipe.query_async(&mut conn)).await?;
         Ok(StoreStats {
@@ -460,7 +503,7 @@ impl RedisStore {
             .map(|k| k.to_string())
             .unwrap_or_default();
         let limits = &self.inner.limits;
-        let mut inv = self.invocation(&self.inner.scripts.join);
+        let mut inv = self.invocation_at(&self.inner.scripts.join, now_ms);
         inv.arg(req.session.as_str())
             .arg(req.user.as_str())
             .arg(conn.as_str())
@@ -739,7 +782,9 @@ impl RedisStore {
     /// node whose call removes a member gets it back, so each departure is
     /// announced once.
     pub async fn reap_dead_nodes(&self) -> Result<Vec<Departures>, Unavailable> {
-        let nodes: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(self.key("nodes"))).await?;
+        let nodes: Vec<String> = self
+            .query_ungated(redis::cmd("SMEMBERS").arg(self.key("nodes")))
+            .await?;
         let mut all = Vec::new();
         for node in nodes.iter().filter(|n| **n != self.inner.node) {
             let departed = self.remove_node_members(Some(node)).await?;
@@ -759,7 +804,7 @@ impl RedisStore {
         let mut inv = self.invocation(&self.inner.scripts.remove_node);
         inv.arg(node.unwrap_or(&self.inner.node))
             .arg(flag(node.is_none()));
-        let (status, r) = self.run(inv).await?;
+        let (status, r) = self.run_ungated(inv).await?;
         if status != "ok" {
             return Ok(Vec::new());
         }

@@ -1,0 +1,173 @@
+// Redis going away: at start-up the process refuses to run without it; while
+// running, every node reports "degraded", events fail fast with
+// STORE_UNAVAILABLE instead of hanging, and once Redis is back on the same
+// address the nodes recover by themselves.
+
+import assert from 'node:assert/strict';
+import { describe } from 'node:test';
+import {
+  test,
+  startCluster,
+  startRedis,
+  spawnServer,
+  freePort,
+  health,
+  waitUntil,
+  reserve,
+  reserveOk,
+  newUser,
+  newSessionId,
+  newKey,
+  joinPayload,
+  keyEntry,
+  connect,
+  setupRoom,
+  assertEventError,
+  assertSessionError,
+  assertMessage,
+  assertPublicKeys,
+  assertUserJoined,
+  sleep,
+} from './helpers.mjs';
+
+const STORE_TIMEOUT_MS = 1000;
+
+/**
+ * Joins from `client`, or, if the node has closed it (allowed after a Redis
+ * outage: "a client may need to rejoin"), from a new socket to the same node,
+ * as the stock client does on reconnect. Returns the socket that joined.
+ */
+async function rejoin(client, payload) {
+  client.drainAll();
+  let c = client;
+  for (let attempt = 0; ; attempt++) {
+    if (!c.socket.connected) c = await connect(client.node, { name: `${client.name.split('@')[0]}-reconnected` });
+    try {
+      await c.join(payload, 5000);
+      return c;
+    } catch (err) {
+      if (c.socket.connected || attempt >= 2) throw err;
+    }
+  }
+}
+
+describe('redis', { concurrency: true }, () => {
+  test('Redis lost mid-run: /health 503 degraded everywhere, STORE_UNAVAILABLE fast; back on the same port: recovered', { timeout: 90000 }, async () => {
+    // NODE_TIMEOUT_SECS stays at its default (15): what production runs.
+    const cluster = await startCluster({ env: { STORE_TIMEOUT_MS: String(STORE_TIMEOUT_MS) } });
+    const [n1, n2, n3] = cluster.nodes;
+    const alice = newUser('Alice');
+    const bob = newUser('Bob');
+    const { link, clients } = await setupRoom(cluster, [alice, bob]);
+    const [a, b] = clients; // nodes 1, 2
+    for (const n of cluster.nodes) {
+      const h = await health(n);
+      assert.equal(h.status, 200);
+      assert.equal(h.body?.status, 'ok');
+    }
+
+    await cluster.redis.kill();
+
+    // Every node reports it within a few seconds.
+    for (const n of cluster.nodes) {
+      const { value: h } = await waitUntil(
+        async () => {
+          const r = await health(n);
+          return r.status === 503 ? r : null;
+        },
+        { timeout: 10000, what: `${n.name} /health → 503` },
+      );
+      assert.equal(h.body?.status, 'degraded', `${n.name} /health body: ${h.text}`);
+      assert.match(h.contentType ?? '', /application\/json/);
+    }
+
+    // An event fails with STORE_UNAVAILABLE within the store timeout (+ slack), no hang.
+    let t = Date.now();
+    a.emit('send-message', { sessionId: link, from: alice.userId, to: 'all', encrypted: 'lost', type: 'text', clientMessageId: 'down-1' });
+    assertEventError(await a.next('event-error', STORE_TIMEOUT_MS + 5000), 'send-message', 'STORE_UNAVAILABLE');
+    const took = Date.now() - t;
+    assert.ok(took <= STORE_TIMEOUT_MS + 1500, `event-error took ${took} ms (STORE_TIMEOUT_MS=${STORE_TIMEOUT_MS})`);
+    await a.expectNo('message-sent', 0);
+    await b.expectNo('new-message', 0);
+
+    // A join on another node gets a session-error, also fast.
+    const c = await connect(n3, { name: 'carol' });
+    t = Date.now();
+    c.emit('join-session', joinPayload(newUser('Carol'), link));
+    assertSessionError(await c.next('session-error', STORE_TIMEOUT_MS + 5000), 'STORE_UNAVAILABLE');
+    assert.ok(Date.now() - t <= STORE_TIMEOUT_MS + 1500, `session-error took ${Date.now() - t} ms`);
+    for (const cl of [a, b, c]) assert.ok(cl.socket.connected, `${cl.name}: the socket stays connected while Redis is away`);
+
+    // Redis comes back (empty: no persistence) on the same port.
+    const redis2 = await startRedis({ port: cluster.redis.port });
+    for (const n of cluster.nodes) {
+      await waitUntil(
+        async () => {
+          const r = await health(n);
+          return r.status === 200 && r.body?.status === 'ok';
+        },
+        { timeout: 20000, what: `${n.name} /health → 200 "ok" after Redis came back` },
+      );
+    }
+    assert.equal(redis2.port, cluster.redis.port);
+    const recoveredAt = Date.now();
+
+    // Once /health says ok, the node is back for good: a fresh flow across
+    // two nodes works at once (cross-node emits included) and its clients
+    // are not cut off later. Reserve on node 2, creator on node 2, joiner on node 3.
+    const dora = newUser('Dora');
+    const erin = newUser('Erin');
+    const { link: link2 } = await reserveOk(n2, { chatMode: 'private' });
+    const d = await connect(n2, { name: 'dora' });
+    await d.join(joinPayload(dora, link2, { isCreator: true }));
+    const e = await connect(n3, { name: 'erin' });
+    const je = await e.join(joinPayload(erin, link2));
+    assertPublicKeys(je.keys, [keyEntry(dora), keyEntry(erin)]);
+    assertUserJoined(await d.next('user-joined'), erin);
+    d.emit('send-message', { sessionId: link2, from: dora.userId, to: erin.userId, encrypted: 'back', type: 'text', clientMessageId: 'up-1' });
+    const want = { id: 'up-1', from: dora.userId, to: erin.userId, encrypted: 'back', type: 'text', senderDisplayName: 'Dora' };
+    assertMessage(await d.next('message-sent'), want);
+    assertMessage(await e.next('new-message'), want);
+    e.emit('send-message', { sessionId: link2, from: erin.userId, to: 'all', encrypted: 'and forth', type: 'text', clientMessageId: 'up-2' });
+    assert.equal((await d.next('new-message')).id, 'up-2');
+
+    // The old clients join again (their session went with Redis's memory)
+    // and work again; a node may have cut them off once to make them rejoin.
+    const res = await reserve(n1, { sessionId: newSessionId(), authKey: newKey() });
+    assert.equal(res.status, 200, `reserve on node 1 after recovery: ${res.status} ${res.text}`);
+    const s3 = `${newSessionId()}:${newKey()}`;
+    const a2 = await rejoin(a, joinPayload(alice, s3, { isCreator: true }));
+    const b2 = await rejoin(b, joinPayload(bob, s3));
+    a2.emit('send-message', { sessionId: s3, from: alice.userId, to: 'all', encrypted: 'again', type: 'text', clientMessageId: 'up-3' });
+    assert.equal((await b2.next('new-message')).id, 'up-3');
+
+    // Past the nodes' next heartbeat (every NODE_TIMEOUT_SECS / 3 = 5 s):
+    // whoever joined after /health said ok is still there and still served.
+    await sleep(Math.max(0, recoveredAt + 6500 - Date.now()));
+    for (const cl of [d, e, a2, b2]) {
+      assert.ok(cl.socket.connected, `${cl.name}: joined after /health said ok, then cut off: ${JSON.stringify(cl.log.map((x) => x.event))}`);
+    }
+    e.emit('send-message', { sessionId: link2, from: erin.userId, to: dora.userId, encrypted: 'later', type: 'text', clientMessageId: 'up-4' });
+    assert.equal((await d.next('new-message')).id, 'up-4');
+  });
+
+  test('start-up with an unreachable REDIS_URL: exits non-zero within a few seconds, naming REDIS_URL', async () => {
+    const deadPort = await freePort(); // nobody listens there
+    const started = Date.now();
+    const child = spawnServer('unreachable', { REDIS_URL: `redis://127.0.0.1:${deadPort}`, REDIS_PREFIX: 'ctdead' }, await freePort());
+    const exit = await child.waitExit(15000);
+    assert.ok(exit, `still running ${Date.now() - started} ms after start with REDIS_URL pointing nowhere:\n${child.output()}`);
+    assert.ok(Date.now() - started < 10000, `took ${Date.now() - started} ms to give up`);
+    assert.notEqual(exit.code, 0, `exit ${JSON.stringify(exit)}`);
+    assert.equal(exit.signal, null, `exit ${JSON.stringify(exit)}`);
+    assert.match(child.stderr(), /REDIS_URL/, `stderr should name REDIS_URL:\n${child.stderr()}`);
+  });
+
+  test('start-up with a REDIS_URL that is no Redis URL: exits non-zero, naming REDIS_URL', async () => {
+    const child = spawnServer('bad-url', { REDIS_URL: 'http://127.0.0.1:1/', REDIS_PREFIX: 'ctbad' }, await freePort());
+    const exit = await child.waitExit(15000);
+    assert.ok(exit, `still running with REDIS_URL=http://…:\n${child.output()}`);
+    assert.notEqual(exit.code, 0, `exit ${JSON.stringify(exit)}`);
+    assert.match(child.stderr(), /REDIS_URL/, `stderr should name REDIS_URL:\n${child.stderr()}`);
+  });
+});

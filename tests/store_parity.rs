@@ -1,0 +1,408 @@
+//! The two store backends are one interface: random sequences of store
+//! operations, applied through [`Store`] to the embedded backend and to the
+//! Redis backend (a real `redis-server` started here), must give the same
+//! answer at every step — the same refusals, the same join kinds, history,
+//! keys and routes. The in-memory store is checked against a model by
+//! `store_properties.rs`; this test carries that check over to Redis, whose
+//! logic lives in Lua scripts.
+//!
+//! Needs `redis-server` 7 or newer on the PATH (`scripts/test.sh` installs
+//! Debian's package when it is missing).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use e2e_chat_server::domain::store::{JoinKind, JoinRequest, Joined, Limits, Outgoing, Route, Store};
+use e2e_chat_server::domain::{ChatMode, ConnId, Message, PublicKeyEntry, SessionId, UserId};
+use e2e_chat_server::redis::{connect, RedisSettings};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+const SESSIONS: [&str; 3] = ["s0", "s1", "s2"];
+const USERS: [&str; 4] = ["u0", "u1", "u2", "u3"];
+const CONNS: [&str; 5] = ["c0", "c1", "c2", "c3", "c4"];
+/// Auth keys; in password mode the part after the first `:` is the password.
+const KEYS: [&str; 4] = ["k0", "k1", "k0:pw0", "k0:pw1"];
+const PASSWORDS: [&str; 3] = ["pw0", "pw1", ""];
+const MODES: [ChatMode; 3] = [ChatMode::Group, ChatMode::Private, ChatMode::Password];
+const NAMES: [&str; 3] = ["Alice", "Bob/🙂 \"q\"", ""];
+const MESSAGE_IDS: [&str; 3] = ["m0", "m1", "m2"];
+
+fn limits() -> Limits {
+    Limits {
+        max_sessions: 2,
+        max_group_members: 3,
+        max_history_messages: 4,
+        max_history_bytes: 2_000,
+        max_total_history_bytes: 1 << 30,
+        idle_timeout: Duration::from_secs(600),
+        member_timeout: Duration::from_secs(600),
+    }
+}
+
+/// A `redis-server` on a free port, stopped when the test process ends.
+struct RedisServer {
+    port: u16,
+    _child: Child,
+}
+
+fn redis_server() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server is needed by this test: apt-get install redis-server (scripts/test.sh does)",
+            );
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return RedisServer { port, _child: child };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {port}");
+    })
+}
+
+/// The runtime every case runs on (one, so that the server outlives the cases).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+async fn both_backends() -> (Store, Store) {
+    let settings = RedisSettings {
+        url: format!("redis://127.0.0.1:{}", redis_server().port),
+        prefix: format!("parity{}", uuid::Uuid::new_v4().simple()),
+        node_id: "n1".into(),
+        node_timeout: Duration::from_secs(15),
+        store_timeout: Duration::from_secs(5),
+        cleanup_interval: Duration::from_secs(60),
+    };
+    let (redis, _driver) = connect(&settings, limits())
+        .await
+        .expect("connect to the test redis-server");
+    (Store::memory(limits()), Store::Redis(redis))
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Reserve {
+        s: usize,
+        key: usize,
+        mode: usize,
+    },
+    Join {
+        s: usize,
+        u: usize,
+        c: usize,
+        creator: bool,
+        key: Option<usize>,
+        password: Option<usize>,
+        mode: usize,
+        pk: bool,
+        name: Option<usize>,
+    },
+    Send {
+        s: usize,
+        u: usize,
+        c: usize,
+        to: Option<usize>,
+        id: Option<usize>,
+        original: bool,
+    },
+    SaveKey {
+        s: usize,
+        u: usize,
+        c: usize,
+        name: Option<usize>,
+    },
+    SetSessionKey {
+        s: usize,
+        u: usize,
+        c: usize,
+    },
+    GetKeys {
+        s: usize,
+        u: usize,
+        c: usize,
+    },
+    Typing {
+        s: usize,
+        u: usize,
+        c: usize,
+    },
+    Download {
+        s: usize,
+        u: usize,
+        c: usize,
+        sender: usize,
+    },
+    Leave {
+        s: usize,
+        u: usize,
+        c: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let suc = (0..SESSIONS.len(), 0..USERS.len(), 0..CONNS.len());
+    prop_oneof![
+        1 => (0..SESSIONS.len(), 0..KEYS.len(), 0..MODES.len()).prop_map(|(s, key, mode)| Op::Reserve { s, key, mode }),
+        4 => (suc.clone(), any::<bool>(), proptest::option::of(0..KEYS.len()), proptest::option::of(0..PASSWORDS.len()), 0..MODES.len(), any::<bool>(), proptest::option::of(0..NAMES.len()))
+            .prop_map(|((s, u, c), creator, key, password, mode, pk, name)| Op::Join { s, u, c, creator, key, password, mode, pk, name }),
+        4 => (suc.clone(), proptest::option::of(0..USERS.len() + 1), proptest::option::of(0..MESSAGE_IDS.len()), any::<bool>())
+            .prop_map(|((s, u, c), to, id, original)| Op::Send { s, u, c, to, id, original }),
+        1 => (suc.clone(), proptest::option::of(0..NAMES.len())).prop_map(|((s, u, c), name)| Op::SaveKey { s, u, c, name }),
+        1 => suc.clone().prop_map(|(s, u, c)| Op::SetSessionKey { s, u, c }),
+        1 => suc.clone().prop_map(|(s, u, c)| Op::GetKeys { s, u, c }),
+        1 => suc.clone().prop_map(|(s, u, c)| Op::Typing { s, u, c }),
+        1 => (suc.clone(), 0..USERS.len()).prop_map(|((s, u, c), sender)| Op::Download { s, u, c, sender }),
+        2 => suc.prop_map(|(s, u, c)| Op::Leave { s, u, c }),
+    ]
+}
+
+fn sid(i: usize) -> SessionId {
+    SessionId::parse(SESSIONS[i]).unwrap()
+}
+
+fn uid(i: usize) -> UserId {
+    UserId::parse(USERS[i]).unwrap()
+}
+
+fn name(i: Option<usize>) -> Option<Arc<str>> {
+    i.map(|i| NAMES[i]).filter(|n| !n.is_empty()).map(Into::into)
+}
+
+/// A message as both backends must give it back; ids the store generated
+/// are random, so only their presence is compared.
+fn message(m: &Message) -> Value {
+    let id = if MESSAGE_IDS.contains(&&*m.id) {
+        m.id.to_string()
+    } else {
+        "<generated>".into()
+    };
+    json!({
+        "id": id, "from": m.from, "to": m.to, "encrypted": m.encrypted, "timestamp": m.timestamp,
+        "type": m.kind, "senderDisplayName": m.sender_display_name, "originalContent": m.original_content,
+    })
+}
+
+fn keys(keys: &[PublicKeyEntry]) -> Value {
+    serde_json::to_value(keys).unwrap()
+}
+
+fn joined(j: &Joined) -> Value {
+    let kind = match &j.kind {
+        JoinKind::New => "new".to_owned(),
+        JoinKind::Repeat => "repeat".to_owned(),
+        JoinKind::Rejoined { previous } => format!("rejoined from {previous}"),
+    };
+    json!({
+        "kind": kind, "mode": j.mode, "displayName": j.display_name,
+        "history": j.history.iter().map(|m| message(m)).collect::<Vec<_>>(),
+        "wrapped": j.encrypted_session_key, "keys": keys(&j.public_keys), "timestamp": j.timestamp,
+    })
+}
+
+fn route(r: &Route) -> Value {
+    match r {
+        Route::Others => json!("others"),
+        Route::Conn(c) => json!(c.as_str()),
+    }
+}
+
+/// One operation's answer, in a form both backends must agree on.
+async fn apply(store: &Store, op: &Op, now: u64) -> Value {
+    let conn = |c: usize| ConnId::new(CONNS[c]);
+    let err = |code: &str| json!({ "error": code });
+    match op.clone() {
+        Op::Reserve { s, key, mode } => match store.reserve(sid(s), KEYS[key], MODES[mode]).await {
+            Ok(()) => json!("reserved"),
+            Err(e) => err(&format!("{e:?}")),
+        },
+        Op::Join {
+            s,
+            u,
+            c,
+            creator,
+            key,
+            password,
+            mode,
+            pk,
+            name: n,
+        } => {
+            let req = JoinRequest {
+                session: sid(s),
+                user: uid(u),
+                display_name: name(n),
+                public_key: pk.then(|| json!(format!("pk-{}-{now}", USERS[u]))),
+                is_creator: creator,
+                offered_key: key.map(|k| KEYS[k].to_owned()),
+                offered_password: password.map(|p| PASSWORDS[p].to_owned()),
+                mode: MODES[mode],
+            };
+            match store.join(req, &conn(c), now).await {
+                Ok(j) => joined(&j),
+                Err(e) => err(&format!("{} {e}", e.code())),
+            }
+        }
+        Op::Send {
+            s,
+            u,
+            c,
+            to,
+            id,
+            original,
+        } => {
+            let out = Outgoing {
+                to: to.map(|t| USERS.get(t).copied().unwrap_or("all").into()),
+                encrypted: json!({ "c": format!("ciphertext {now} {}", "x".repeat(now as usize % 700)) }),
+                original_content: original.then(|| json!("plain")),
+                kind: None,
+                client_message_id: id.map(|i| MESSAGE_IDS[i].into()),
+            };
+            match store
+                .send_message(&sid(s), &uid(u), &conn(c), out, now, original)
+                .await
+            {
+                Ok(sent) => {
+                    json!({ "message": message(&sent.message), "new": sent.is_new, "route": route(&sent.route) })
+                }
+                Err(e) => err(&format!("{} {e}", e.code())),
+            }
+        }
+        Op::SaveKey { s, u, c, name: n } => {
+            match store
+                .save_public_key(&sid(s), &uid(u), &conn(c), json!(format!("saved-{now}")), name(n))
+                .await
+            {
+                Ok(k) => keys(&k),
+                Err(e) => err(&format!("{} {e}", e.code())),
+            }
+        }
+        Op::SetSessionKey { s, u, c } => {
+            let mut wrapped = serde_json::Map::new();
+            wrapped.insert(USERS[u].into(), json!(format!("wrapped-{now}")));
+            match store.set_session_key(&sid(s), &uid(u), &conn(c), wrapped).await {
+                Ok(w) => json!(*w),
+                Err(e) => err(&format!("{} {e}", e.code())),
+            }
+        }
+        Op::GetKeys { s, u, c } => match store.public_keys_for(&sid(s), &uid(u), &conn(c)).await {
+            Ok(k) => keys(&k),
+            Err(e) => err(e.code()),
+        },
+        Op::Typing { s, u, c } => match store.typing(&sid(s), &uid(u), &conn(c)).await {
+            Ok(n) => json!({ "typing": n }),
+            Err(e) => err(e.code()),
+        },
+        Op::Download { s, u, c, sender } => {
+            match store
+                .download_target(&sid(s), &uid(u), &conn(c), USERS[sender])
+                .await
+            {
+                Ok(target) => json!({ "target": target.as_str() }),
+                Err(e) => err(e.code()),
+            }
+        }
+        Op::Leave { s, u, c } => match store.leave(&sid(s), &uid(u), &conn(c)).await {
+            Ok(left) => json!({ "left": left.display_name, "keys": keys(&left.public_keys) }),
+            Err(e) => err(e.code()),
+        },
+    }
+}
+
+async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let (memory, redis) = both_backends().await;
+    for (step, op) in ops.iter().enumerate() {
+        let now = 1_700_000_000_000 + step as u64;
+        let expected = apply(&memory, op, now).await;
+        let got = apply(&redis, op, now).await;
+        prop_assert_eq!(
+            &got,
+            &expected,
+            "step {} {:?}: Redis differs from memory",
+            step,
+            op
+        );
+    }
+    let (m, r) = (
+        memory.session_count().await.unwrap(),
+        redis.session_count().await.unwrap(),
+    );
+    prop_assert_eq!(r, m, "session counts differ");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
+
+    #[test]
+    fn redis_backend_answers_every_operation_as_the_embedded_one(ops in proptest::collection::vec(op(), 1..60)) {
+        runtime().block_on(run(ops))?;
+    }
+}
+
+/// Many joins at once for the last seat of a private session: exactly one
+/// wins, whatever the interleaving (each join is one script in Redis).
+#[test]
+fn concurrent_joins_for_the_last_seat_admit_exactly_one() {
+    runtime().block_on(async {
+        let (_, store) = both_backends().await;
+        store.reserve(sid(0), "k0", ChatMode::Private).await.unwrap();
+        let creator = JoinRequest {
+            session: sid(0),
+            user: uid(0),
+            display_name: None,
+            public_key: None,
+            is_creator: true,
+            offered_key: Some("k0".into()),
+            offered_password: None,
+            mode: ChatMode::Private,
+        };
+        store.join(creator, &ConnId::new("creator"), 1).await.unwrap();
+        let joins = (0..40).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let req = JoinRequest {
+                    session: sid(0),
+                    user: UserId::parse(&format!("joiner{i}")).unwrap(),
+                    display_name: None,
+                    public_key: None,
+                    is_creator: false,
+                    offered_key: Some("k0".into()),
+                    offered_password: None,
+                    mode: ChatMode::Private,
+                };
+                store
+                    .join(req, &ConnId::new(format!("j{i}")), 2)
+                    .await
+                    .map_err(|e| e.code())
+            })
+        });
+        let results = futures_util::future::join_all(joins).await;
+        let admitted = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        let full = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err("SESSION_FULL"))))
+            .count();
+        assert_eq!((admitted, full), (1, 39), "{results:?}");
+    });
+}

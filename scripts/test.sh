@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test suite of the project on a fresh machine:
-#   1. installs what the tests need when it is missing (Debian's chromium,
-#      npm packages), or says exactly what is missing;
+#   1. installs what the tests need when it is missing (Debian's chromium and
+#      redis-server, npm packages), or says exactly what is missing;
 #   2. builds the release binary exactly as the Dockerfile does;
 #   3. Rust unit and integration tests (cargo test);
-#   4. the wire-compatibility suite with socket.io-client 4.8 (node --test);
-#   5. the browser suite in headless Chromium (playwright-core).
+#   4. the wire-compatibility suite with socket.io-client 4.8 (node --test),
+#      once on the embedded store and once on the Redis store;
+#   5. the multi-node suite: 3 server processes sharing one redis-server
+#      (node --test in tests/cluster);
+#   6. the browser suite in headless Chromium (playwright-core);
+#   7. the cluster deploy files (docker-compose.yml, deploy/nginx.conf).
 # Usage: scripts/test.sh            (all suites)
 #        SKIP_BROWSER=1 scripts/test.sh
 set -euo pipefail
@@ -18,6 +22,7 @@ say() { printf '\n==> %s\n' "$*"; }
 need_debs=()
 command -v cargo >/dev/null || { echo "missing: a Rust toolchain (cargo); install it with rustup" >&2; exit 1; }
 command -v node >/dev/null && command -v npm >/dev/null || need_debs+=(nodejs npm)
+command -v redis-server >/dev/null || need_debs+=(redis-server)
 if [ -z "${SKIP_BROWSER:-}" ] && [ ! -x /usr/bin/chromium ]; then need_debs+=(chromium); fi
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -29,6 +34,10 @@ if [ ${#need_debs[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+# The cluster mode's Socket.IO adapter speaks RESP3: Redis 7 or later.
+redis_major=$(redis-server --version | sed -n 's/.* v=\([0-9][0-9]*\)\..*/\1/p')
+[ "${redis_major:-0}" -ge 7 ] || {
+  echo "redis-server is too old ($(redis-server --version)); the multi-node suite needs Redis >= 7" >&2; exit 1; }
 
 # --- build ---------------------------------------------------------------------
 say "building the release binary (the Dockerfile's build step)"
@@ -46,9 +55,26 @@ cargo test --locked
 say "wire-compatibility suite (socket.io-client 4.8)"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && node --test)
 
+say "wire-compatibility suite again, every server on the Redis store"
+redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null \
+  || node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+redis_pid=$!
+trap 'kill $redis_pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+(cd tests/node && E2E_REDIS_URL="redis://127.0.0.1:$redis_port" node --test)
+kill $redis_pid 2>/dev/null || true
+trap - EXIT
+
+say "multi-node suite (3 nodes over Redis)"
+(cd tests/cluster && npm ci --no-audit --no-fund --loglevel=error && node --test)
+
 if [ -z "${SKIP_BROWSER:-}" ]; then
   say "browser suite (headless Chromium)"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && node run.mjs)
 fi
+
+say "cluster deploy files (docker-compose.yml, deploy/nginx.conf)"
+scripts/check-compose.sh
 
 say "all suites passed"

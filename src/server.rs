@@ -302,15 +302,21 @@ impl RunningServer {
     }
 
     /// The shutdown sequence: `/ready` turns 503 and everything is still
-    /// served for `SHUTDOWN_DRAIN_SECS`; then stop accepting; remove this
+    /// served for `SHUTDOWN_DRAIN_SECS`; then stop accepting and stop the
+    /// background tasks (eviction, heartbeat); remove this
     /// node's members and announce their departures to whoever stays (on
     /// this node or, in a cluster, any other); close every socket; wait for
-    /// the sockets' workers; stop the background tasks; let open HTTP
-    /// requests finish. Bounded to a few seconds.
+    /// the sockets' workers; let open HTTP requests finish. Bounded to a
+    /// few seconds.
     pub async fn shutdown(self) {
         self.readiness.set_draining();
         tokio::time::sleep(self.drain).await;
         self.stop.cancel();
+        // The heartbeat must be over before this node's entry is removed,
+        // or a beat in flight would write it back.
+        for task in self.background {
+            let _ = task.await;
+        }
         match self.store.remove_own_members().await {
             Ok(departures) => self.sockets.announce(departures).await,
             Err(_) => tracing::warn!(
@@ -322,9 +328,6 @@ impl RunningServer {
         self.workers.close();
         if timeout(DRAIN_WORKERS_TIMEOUT, self.workers.wait()).await.is_err() {
             tracing::warn!("some sockets were still busy at shutdown");
-        }
-        for task in self.background {
-            let _ = task.await;
         }
         self.sockets.close().await;
         let _ = timeout(DRAIN_HTTP_TIMEOUT, self.http).await;

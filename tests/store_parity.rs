@@ -10,7 +10,7 @@
 //! Debian's package when it is missing).
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -42,35 +42,38 @@ fn limits() -> Limits {
     }
 }
 
-/// A `redis-server` on a free port, stopped when the test process ends.
+/// A `redis-server` on a free port. A watchdog shell stops it when this
+/// test process ends (a static is never dropped).
 struct RedisServer {
     port: u16,
-    _child: Child,
 }
 
+// The watchdog is left running on purpose: it ends with this process.
+#[allow(clippy::zombie_processes)]
 fn redis_server() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let watchdog = format!(
+            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no >/dev/null & r=$!; \
+             while kill -0 {test} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.5; done; kill $r 2>/dev/null",
+            test = std::process::id()
+        );
+        Command::new("sh")
+            .args(["-c", &watchdog])
+            .stdin(Stdio::null())
             .spawn()
-            .expect(
-                "redis-server is needed by this test: apt-get install redis-server (scripts/test.sh does)",
-            );
+            .expect("cannot run sh");
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return RedisServer { port, _child: child };
+                return RedisServer { port };
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("redis-server did not start on port {port}");
+        panic!(
+            "redis-server did not start on port {port}: this test needs Redis 7 or newer \
+             (apt-get install redis-server; scripts/test.sh does)"
+        );
     })
 }
 

@@ -97,6 +97,32 @@ struct Scripts {
 }
 
 impl Scripts {
+    fn all(&self) -> [&Script; 11] {
+        [
+            &self.reserve,
+            &self.join,
+            &self.public_keys,
+            &self.save_key,
+            &self.set_session_key,
+            &self.send_message,
+            &self.download_target,
+            &self.typing,
+            &self.leave,
+            &self.evict,
+            &self.remove_node,
+        ]
+    }
+
+    /// Puts every script in Redis's cache, so that the first calls need no
+    /// second round trip (after a Redis restart a call that gets `NOSCRIPT`
+    /// loads its script again by itself).
+    async fn preload(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        for script in self.all() {
+            script.load_async(conn).await?;
+        }
+        Ok(())
+    }
+
     fn load() -> Self {
         let s = |body: &str| Script::new(&format!("{}{}", scripts::PRELUDE, body));
         Self {
@@ -134,6 +160,11 @@ pub async fn connect(
         .await
         .with_context(unreachable)?;
     check_version(&mut conn.clone()).await.with_context(unreachable)?;
+    let scripts = Scripts::load();
+    scripts
+        .preload(&mut conn.clone())
+        .await
+        .with_context(unreachable)?;
     let probe = format!("{}:probe:{}", settings.prefix, settings.node_id);
     let driver = ManagedDriver::connect(client, config, probe)
         .await
@@ -148,7 +179,7 @@ pub async fn connect(
             timeout: settings.store_timeout,
             node_timeout: settings.node_timeout,
             healthy: AtomicBool::new(true),
-            scripts: Scripts::load(),
+            scripts,
         }),
     };
     Ok((store, driver))

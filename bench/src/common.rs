@@ -1,5 +1,6 @@
-//! What every scenario shares: where the server is, generated identities,
-//! session reservation, and the progress line.
+//! What every scenario shares: where the server (or the servers of a
+//! cluster) is, generated identities, session reservation, and the progress
+//! line.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +14,13 @@ use crate::stats::{read_proc, self_cpu_secs};
 
 /// Settings given to every scenario.
 pub struct Ctx {
-    pub addr: SocketAddr,
-    pub server_pid: Option<u32>,
+    /// One address, or the nodes of a cluster: the members of a session are
+    /// spread over them round-robin (see [`Ctx::addr_of`]).
+    pub servers: Vec<SocketAddr>,
+    /// Server processes whose RSS and CPU time are read (summed when several).
+    pub server_pids: Vec<u32>,
+    /// A Redis whose `INFO commandstats` / `INFO cpu` each fanout step reads.
+    pub redis: Option<SocketAddr>,
     /// Handshakes + joins in flight at once during a join storm.
     pub concurrency: usize,
     /// Makes this run's session ids unique on a server that outlives it.
@@ -31,6 +37,8 @@ pub struct SessionSpec {
 /// One generated user of a session.
 pub struct Member {
     pub session: usize,
+    /// Index within its session (0 = the creator).
+    pub local: u32,
     /// Index across the whole run.
     pub global: u32,
     pub user_id: String,
@@ -39,6 +47,18 @@ pub struct Member {
 }
 
 impl Ctx {
+    /// The server member `m` connects to: member `j` of session `s` goes to
+    /// server `(s + j) % n`, so each session is spread over the servers
+    /// round-robin, its creator on server `s % n` (the rotation moves by one
+    /// per session, which keeps the load even). One server: always that one.
+    pub fn addr_of(&self, m: &Member) -> SocketAddr {
+        self.server_for(m.session, m.local)
+    }
+
+    fn server_for(&self, session: usize, local: u32) -> SocketAddr {
+        self.servers[(session + local as usize) % self.servers.len()]
+    }
+
     /// `count` sessions named `<nonce><tag><i>` with random-looking keys.
     pub fn sessions(&self, tag: &str, count: usize) -> Vec<Arc<SessionSpec>> {
         (0..count)
@@ -59,6 +79,7 @@ impl Ctx {
                 let global = session as u32 * users + local;
                 out.push(Member {
                     session,
+                    local,
                     global,
                     user_id: format!("{:08x}-0000-4000-8000-{:012x}", mix(global as u64) as u32, global),
                     display_name: format!("User {global}"),
@@ -69,14 +90,15 @@ impl Ctx {
         out
     }
 
-    /// Reserves every session over HTTP (a few at a time).
+    /// Reserves every session over HTTP (a few at a time), each on the
+    /// server its creator will join.
     pub async fn reserve_all(&self, sessions: &[Arc<SessionSpec>]) -> Result<()> {
         let sem = Arc::new(Semaphore::new(32));
         let mut tasks = Vec::with_capacity(sessions.len());
-        for s in sessions {
+        for (i, s) in sessions.iter().enumerate() {
             let sem = sem.clone();
             let s = s.clone();
-            let addr = self.addr;
+            let addr = self.server_for(i, 0);
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 sio::reserve(addr, &s.id, &s.key).await
@@ -152,16 +174,16 @@ pub struct Ticker {
     last_cpu: f64,
     last_server_cpu: Option<f64>,
     last: std::time::Instant,
-    pid: Option<u32>,
+    pids: Vec<u32>,
 }
 
 impl Ticker {
-    pub fn new(pid: Option<u32>) -> Self {
+    pub fn new(pids: &[u32]) -> Self {
         Self {
             last_cpu: self_cpu_secs(),
-            last_server_cpu: read_proc(pid).map(|r| r.cpu_secs),
+            last_server_cpu: read_proc(pids).map(|r| r.cpu_secs),
             last: std::time::Instant::now(),
-            pid,
+            pids: pids.to_vec(),
         }
     }
 
@@ -173,7 +195,7 @@ impl Ticker {
         let client = (cpu - self.last_cpu) / dt * 100.0;
         self.last_cpu = cpu;
         let mut out = format!("client cpu {client:.0}%");
-        if let Some(r) = read_proc(self.pid) {
+        if let Some(r) = read_proc(&self.pids) {
             if let Some(prev) = self.last_server_cpu {
                 out += &format!(", server cpu {:.0}%", (r.cpu_secs - prev) / dt * 100.0);
             }

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
 use crate::common::{mix, payload, public_key, wait_until, Ctx, Member, SessionSpec, Ticker};
+use crate::redis_stats::{self, RedisUse};
 use crate::sio::{event_name, string_field, Client, Frame, JoinArgs, ID_FIELD};
 use crate::stats::{latency_histogram, now_us, read_proc, record, CpuMeter, CpuUse, Latency};
 
@@ -119,6 +120,9 @@ pub struct StepResult {
     pub max_send_lag_ms: f64,
     pub cpu: CpuUse,
     pub server_rss_kib: Option<u64>,
+    /// Redis's commands and CPU over the step (with `--redis`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisUse>,
     pub pass: bool,
 }
 
@@ -129,6 +133,9 @@ pub struct FanoutReport {
     pub connections: usize,
     pub setup_failed: usize,
     pub setup_secs: f64,
+    /// Redis's commands over the setup (reservations and joins; `--redis`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_redis: Option<RedisUse>,
     pub result: StepResult,
     pub disconnects: u64,
     pub first_error: Option<String>,
@@ -140,6 +147,9 @@ pub struct MaxReport {
     pub population: Population,
     pub connections: usize,
     pub setup_failed: usize,
+    /// Redis's commands over the setup (reservations and joins; `--redis`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_redis: Option<RedisUse>,
     pub criteria: String,
     pub steps: Vec<StepResult>,
     /// Deliveries/s of the best passing step.
@@ -164,11 +174,13 @@ struct Swarm {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pop: Population,
     setup_secs: f64,
+    setup_redis: Option<RedisUse>,
 }
 
 impl Swarm {
     /// Reserves, joins creators, then members; all connections stay open.
     async fn start(ctx: &Arc<Ctx>, pop: Population, tag: &str) -> Result<Self> {
+        let redis_before = redis_snapshot(ctx).await;
         let sessions = ctx.sessions(tag, pop.sessions);
         ctx.reserve_all(&sessions).await?;
         let shared = Arc::new(Shared {
@@ -208,7 +220,7 @@ impl Swarm {
                 )));
             }
             let target = before + n;
-            let mut ticker = Ticker::new(ctx.server_pid);
+            let mut ticker = Ticker::new(&ctx.server_pids);
             let limit = Instant::now() + Duration::from_secs(300);
             while shared.ready.load(Relaxed) + shared.setup_failed.load(Relaxed) < target {
                 if Instant::now() > limit {
@@ -234,12 +246,15 @@ impl Swarm {
         }
         // Let the join broadcasts (user-joined, public-keys-updated) settle.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let setup_secs = started.elapsed().as_secs_f64();
+        let setup_redis = redis_use_since(ctx, redis_before).await;
         Ok(Self {
             shared,
             phase,
             tasks,
             pop,
-            setup_secs: started.elapsed().as_secs_f64(),
+            setup_secs,
+            setup_redis,
         })
     }
 
@@ -265,7 +280,8 @@ impl Swarm {
             h.step.reset();
             h.tick.reset();
         }
-        let cpu = CpuMeter::start(ctx.server_pid);
+        let redis_before = redis_snapshot(ctx).await;
+        let cpu = CpuMeter::start(&ctx.server_pids);
         self.phase.send_replace(Phase {
             step,
             rate,
@@ -273,7 +289,7 @@ impl Swarm {
             stop: false,
         });
         let started = Instant::now();
-        let mut ticker = Ticker::new(ctx.server_pid);
+        let mut ticker = Ticker::new(&ctx.server_pids);
         let (mut last_sent, mut last_deliv) = (0u64, 0u64);
         let mut last_t = Instant::now();
         let end = started + Duration::from_secs_f64(secs);
@@ -317,6 +333,7 @@ impl Swarm {
         let st = &sh.step;
         wait_until(drain, || st.delivered.load(Relaxed) >= st.expected.load(Relaxed)).await;
         let cpu = cpu.stop();
+        let redis = redis_use_since(ctx, redis_before).await;
         let latency = Latency::of(&sh.hists.lock().unwrap().step);
         let sent = st.sent.load(Relaxed);
         let expected = st.expected.load(Relaxed);
@@ -348,7 +365,8 @@ impl Swarm {
             stale: st.stale.load(Relaxed),
             max_send_lag_ms: st.max_send_lag_us.load(Relaxed) as f64 / 1000.0,
             cpu,
-            server_rss_kib: read_proc(ctx.server_pid).map(|r| r.rss_kib),
+            server_rss_kib: read_proc(&ctx.server_pids).map(|r| r.rss_kib),
+            redis,
             pass,
         }
     }
@@ -382,6 +400,23 @@ impl Swarm {
     }
 }
 
+/// Redis's counters now (with `--redis`; a failed reading is a warning).
+async fn redis_snapshot(ctx: &Ctx) -> Option<redis_stats::Snapshot> {
+    match redis_stats::snapshot(ctx.redis?).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("warning: {e:#}");
+            None
+        }
+    }
+}
+
+/// What Redis did since `before`.
+async fn redis_use_since(ctx: &Ctx, before: Option<redis_stats::Snapshot>) -> Option<RedisUse> {
+    let before = before?;
+    redis_snapshot(ctx).await.map(|after| before.until(&after))
+}
+
 /// Most frames handled in one wake-up of a connection's task.
 const MAX_BURST: usize = 256;
 
@@ -397,7 +432,7 @@ async fn run_conn(
 ) {
     let joined = async {
         let _permit = sem.acquire().await?;
-        let mut c = Client::connect(ctx.addr).await?;
+        let mut c = Client::connect(ctx.addr_of(&m)).await?;
         let pk = public_key(m.global);
         c.join(&JoinArgs {
             session_id: &session.id,
@@ -583,6 +618,7 @@ pub async fn fanout(ctx: Arc<Ctx>, a: FanoutArgs) -> Result<FanoutReport> {
         connections: swarm.connections(),
         setup_failed: swarm.shared.setup_failed.load(Relaxed),
         setup_secs: swarm.setup_secs,
+        setup_redis: swarm.setup_redis.clone(),
         result,
         disconnects: swarm.shared.disconnects.load(Relaxed),
         first_error: swarm.first_error(),
@@ -666,6 +702,7 @@ pub async fn max(ctx: Arc<Ctx>, a: MaxArgs) -> Result<MaxReport> {
         population: a.pop,
         connections: swarm.connections(),
         setup_failed: swarm.shared.setup_failed.load(Relaxed),
+        setup_redis: swarm.setup_redis.clone(),
         criteria: format!(
             "delivery ratio >= {}, p99 <= {} ms, no errors",
             a.crit.min_delivery_ratio, a.crit.max_p99_ms

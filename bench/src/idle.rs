@@ -72,7 +72,7 @@ async fn hold_conn(
         let _permit = sem.acquire().await?;
         // Join latency: from the start of the handshake, not of the wait for a slot.
         started = Instant::now();
-        let mut c = Client::connect(ctx.addr).await?;
+        let mut c = Client::connect(ctx.addr_of(&m)).await?;
         let pk = public_key(m.global);
         let j = c
             .join(&JoinArgs {
@@ -147,10 +147,10 @@ async fn storm(
     let st = Storm::new();
     let sem = Arc::new(Semaphore::new(ctx.concurrency));
     let total = members.len();
-    let cpu = CpuMeter::start(ctx.server_pid);
+    let cpu = CpuMeter::start(&ctx.server_pids);
     let started = Instant::now();
     let (creators, others): (Vec<_>, Vec<_>) = members.into_iter().partition(|m| m.is_creator);
-    let mut ticker = Ticker::new(ctx.server_pid);
+    let mut ticker = Ticker::new(&ctx.server_pids);
     let mut launched = 0;
     for wave in [creators, others] {
         launched += wave.len();
@@ -227,7 +227,7 @@ pub async fn idle(ctx: Arc<Ctx>, connections: usize, group: u32, hold: Duration)
     let group = group.max(1);
     let n_sessions = connections.div_ceil(group as usize);
     let sessions = ctx.sessions("i", n_sessions);
-    let before = read_proc(ctx.server_pid);
+    let before = read_proc(&ctx.server_pids);
     ctx.reserve_all(&sessions).await?;
     let mut members = ctx.members(n_sessions, group);
     // Creators first; fill up to exactly `connections`.
@@ -235,9 +235,9 @@ pub async fn idle(ctx: Arc<Ctx>, connections: usize, group: u32, hold: Duration)
     let (stop, _) = watch::channel(false);
     let mut tasks = Vec::new();
     let (st, result) = storm(&ctx, "idle", &sessions, members, &stop, &mut tasks).await?;
-    let after_join = read_proc(ctx.server_pid);
+    let after_join = read_proc(&ctx.server_pids);
     let hold_end = Instant::now() + hold;
-    let mut ticker = Ticker::new(ctx.server_pid);
+    let mut ticker = Ticker::new(&ctx.server_pids);
     while Instant::now() < hold_end {
         tokio::time::sleep(
             hold_end
@@ -252,7 +252,7 @@ pub async fn idle(ctx: Arc<Ctx>, connections: usize, group: u32, hold: Duration)
             ticker.tick()
         ));
     }
-    let after_hold = read_proc(ctx.server_pid);
+    let after_hold = read_proc(&ctx.server_pids);
     let joined = result.joins;
     let per_conn = match (before, after_hold) {
         (Some(b), Some(a)) if joined > 0 => Some((a.rss_kib as f64 - b.rss_kib as f64) / joined as f64),
@@ -306,7 +306,7 @@ async fn seed_creator(
 ) {
     const WINDOW: usize = 32;
     let seeded = async {
-        let mut c = Client::connect(ctx.addr).await?;
+        let mut c = Client::connect(ctx.addr_of(&m)).await?;
         let pk = public_key(m.global);
         c.join(&JoinArgs {
             session_id: &session.id,
@@ -426,7 +426,7 @@ pub async fn history(
             history: level,
             seed_secs,
             storm: storm_result,
-            server_rss_kib: read_proc(ctx.server_pid).map(|r| r.rss_kib),
+            server_rss_kib: read_proc(&ctx.server_pids).map(|r| r.rss_kib),
         });
         close_all(&stop, tasks).await;
         for t in creator_tasks {

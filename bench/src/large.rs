@@ -71,7 +71,7 @@ async fn pair_member(
     mut stop: watch::Receiver<bool>,
 ) {
     let join = || async {
-        let mut c = Client::connect(ctx.addr).await?;
+        let mut c = Client::connect(ctx.addr_of(&m)).await?;
         let pk = public_key(m.global);
         c.join(&JoinArgs {
             session_id: &session.id,
@@ -187,8 +187,8 @@ pub async fn large(
             first_error: Mutex::new(None),
         });
         let body: Arc<str> = payload(bytes).into();
-        let before = read_proc(ctx.server_pid).map(|r| r.rss_kib);
-        let rss = RssSampler::start(ctx.server_pid);
+        let before = read_proc(&ctx.server_pids).map(|r| r.rss_kib);
+        let rss = RssSampler::start(&ctx.server_pids);
         let (stop, _) = watch::channel(false);
         let go = Arc::new(Barrier::new(members.len() + 1));
         let n = members.len();
@@ -208,10 +208,10 @@ pub async fn large(
         }
         go.wait().await; // creators joined
         go.wait().await; // members joined
-        let cpu = CpuMeter::start(ctx.server_pid);
+        let cpu = CpuMeter::start(&ctx.server_pids);
         let started = Instant::now();
         let expected = (n * count) as u64;
-        let mut ticker = Ticker::new(ctx.server_pid);
+        let mut ticker = Ticker::new(&ctx.server_pids);
         let mut last_print = Instant::now();
         while started.elapsed() < limit
             && (sh.delivered.load(Relaxed) < expected || sh.finished.load(Relaxed) < n)
@@ -230,7 +230,7 @@ pub async fn large(
         }
         let secs = started.elapsed().as_secs_f64();
         let cpu = cpu.stop();
-        let peak = rss.stop(ctx.server_pid);
+        let peak = rss.stop(&ctx.server_pids);
         let _ = stop.send(true);
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
@@ -245,8 +245,8 @@ pub async fn large(
             delivered_mb_per_s: sh.delivered_bytes.load(Relaxed) as f64 / 1e6 / secs,
             latency: Latency::of(&sh.hist.lock().unwrap()),
             server_rss_before_kib: before,
-            server_peak_rss_kib: ctx.server_pid.map(|_| peak),
-            server_rss_after_kib: read_proc(ctx.server_pid).map(|r| r.rss_kib),
+            server_peak_rss_kib: (!ctx.server_pids.is_empty()).then_some(peak),
+            server_rss_after_kib: read_proc(&ctx.server_pids).map(|r| r.rss_kib),
             cpu,
             failed: sh.failed.load(Relaxed),
         };

@@ -12,6 +12,7 @@ mod common;
 mod fanout;
 mod idle;
 mod large;
+mod redis_stats;
 mod sio;
 mod stats;
 
@@ -33,12 +34,21 @@ use fanout::{Criteria, FanoutArgs, MaxArgs, Population};
     about = "Load generator for e2e-chat-server (Socket.IO over WebSocket)"
 )]
 struct Cli {
-    /// Server address (loopback only is the intended use).
-    #[arg(long, global = true, default_value = "127.0.0.1:3001")]
-    server: String,
-    /// PID of the server process, to read its RSS and CPU time from /proc.
+    /// Server address (loopback only is the intended use). Several,
+    /// comma-separated, for the nodes of a cluster: member j of session s
+    /// connects to server (s + j) % n (the creator, j = 0, to s % n, where its
+    /// session is also reserved), so every session spans the nodes and the
+    /// load is spread evenly.
+    #[arg(long, global = true, default_value = "127.0.0.1:3001", value_delimiter = ',')]
+    server: Vec<String>,
+    /// PID of the server process, to read its RSS and CPU time from /proc;
+    /// several, comma-separated, are added up (the nodes of a cluster).
+    #[arg(long, global = true, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Address of the Redis a cluster shares: every fanout/max step then
+    /// reports Redis's commands (INFO commandstats) and CPU over the step.
     #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    redis: Option<String>,
     /// Print the result as JSON on stdout (the human summary goes to stderr).
     #[arg(long, global = true)]
     json: bool,
@@ -183,11 +193,11 @@ fn main() -> Result<()> {
     rt.block_on(run(cli))
 }
 
-fn resolve(s: &str) -> Result<SocketAddr> {
+fn resolve(flag: &str, s: &str) -> Result<SocketAddr> {
     s.to_socket_addrs()
-        .with_context(|| format!("bad --server {s:?}"))?
+        .with_context(|| format!("bad {flag} {s:?}"))?
         .next()
-        .with_context(|| format!("--server {s:?} resolves to nothing"))
+        .with_context(|| format!("{flag} {s:?} resolves to nothing"))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -196,9 +206,18 @@ async fn run(cli: Cli) -> Result<()> {
         "b{:x}",
         common::mix(std::process::id() as u64 ^ wall_ms()) & 0xff_ffff
     );
+    let servers = cli
+        .server
+        .iter()
+        .map(|s| resolve("--server", s.trim()))
+        .collect::<Result<Vec<_>>>()?;
+    if servers.is_empty() {
+        anyhow::bail!("--server needs at least one address");
+    }
     let ctx = Arc::new(Ctx {
-        addr: resolve(&cli.server)?,
-        server_pid: cli.server_pid,
+        servers,
+        server_pids: cli.server_pid.clone(),
+        redis: cli.redis.as_deref().map(|s| resolve("--redis", s)).transpose()?,
         concurrency: cli.concurrency.max(1),
         nonce,
         progress: !cli.quiet,
@@ -314,7 +333,7 @@ fn to_json<T: Serialize>(v: &T) -> Result<String> {
 }
 
 fn step_lines(r: &fanout::StepResult) -> String {
-    format!(
+    let mut s = format!(
         "  rate {:.2} msgs/s/user for {:.1} s: sent {} ({:.1}% of schedule), delivered {}/{} (ratio {:.5})\n  \
          deliveries/s {:.0}\n  latency {}\n  order violations {}, errors {}, stale {}, max send lag {:.1} ms\n  {}",
         r.per_user_rate,
@@ -331,7 +350,11 @@ fn step_lines(r: &fanout::StepResult) -> String {
         r.stale,
         r.max_send_lag_ms,
         r.cpu.line()
-    )
+    );
+    if let Some(redis) = &r.redis {
+        s += &format!("\n  {}", redis.line(r.sent));
+    }
+    s
 }
 
 fn summary_fanout(r: &fanout::FanoutReport) -> String {
@@ -346,7 +369,18 @@ fn summary_fanout(r: &fanout::FanoutReport) -> String {
         step_lines(&r.result),
         r.disconnects,
         r.first_error.as_ref().map(|e| format!(", first error: {e}")).unwrap_or_default()
-    )
+    ) + &setup_redis_line(r.setup_redis.as_ref(), r.population.sessions, r.connections)
+}
+
+/// Redis's work during the setup, per HTTP reservation or join.
+fn setup_redis_line(r: Option<&redis_stats::RedisUse>, sessions: usize, joins: usize) -> String {
+    r.map(|r| {
+        format!(
+            "\n  setup ({sessions} reservations + {joins} joins) {}",
+            r.line_per((sessions + joins) as u64, "reservation or join")
+        )
+    })
+    .unwrap_or_default()
 }
 
 fn summary_max(r: &fanout::MaxReport) -> String {
@@ -368,6 +402,9 @@ fn summary_max(r: &fanout::MaxReport) -> String {
                 .map_or("?".into(), |v| format!("{:.0}%", v * 100.0)),
             if st.pass { "pass" } else { "FAIL" }
         );
+        if let Some(redis) = &st.redis {
+            s += &format!("    {}\n", redis.line(st.sent));
+        }
     }
     s += &format!(
         "  sustainable: {:.0} deliveries/s ({}), disconnects {}",
@@ -376,6 +413,7 @@ fn summary_max(r: &fanout::MaxReport) -> String {
     if let Some(b) = &r.best {
         s += &format!("\n  best step latency {}", b.latency.line());
     }
+    s += &setup_redis_line(r.setup_redis.as_ref(), r.population.sessions, r.connections);
     if let Some(e) = &r.first_error {
         s += &format!("\n  first error: {e}");
     }

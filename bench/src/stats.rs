@@ -81,9 +81,24 @@ pub struct ProcReading {
     pub cpu_secs: f64,
 }
 
-/// Reads `/proc/<pid>/status` (VmRSS, VmHWM) and `/proc/<pid>/stat` (utime + stime).
-pub fn read_proc(pid: Option<u32>) -> Option<ProcReading> {
-    let pid = pid?;
+/// Reads `/proc/<pid>/status` (VmRSS, VmHWM) and `/proc/<pid>/stat` (utime + stime)
+/// of each server process and adds them up (several when the benchmark
+/// drives a cluster); `None` without pids or when one cannot be read.
+pub fn read_proc(pids: &[u32]) -> Option<ProcReading> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut sum = ProcReading::default();
+    for &pid in pids {
+        let r = read_one(pid)?;
+        sum.rss_kib += r.rss_kib;
+        sum.hwm_kib += r.hwm_kib;
+        sum.cpu_secs += r.cpu_secs;
+    }
+    Some(sum)
+}
+
+fn read_one(pid: u32) -> Option<ProcReading> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> u64 {
         status
@@ -124,23 +139,23 @@ pub struct CpuMeter {
     start: Instant,
     client: f64,
     server: Option<f64>,
-    pid: Option<u32>,
+    pids: Vec<u32>,
 }
 
 impl CpuMeter {
-    pub fn start(pid: Option<u32>) -> Self {
+    pub fn start(pids: &[u32]) -> Self {
         Self {
             start: Instant::now(),
             client: self_cpu_secs(),
-            server: read_proc(pid).map(|r| r.cpu_secs),
-            pid,
+            server: read_proc(pids).map(|r| r.cpu_secs),
+            pids: pids.to_vec(),
         }
     }
 
     pub fn stop(&self) -> CpuUse {
         let wall = self.start.elapsed().as_secs_f64().max(1e-9);
         let client = self_cpu_secs() - self.client;
-        let server = match (self.server, read_proc(self.pid)) {
+        let server = match (self.server, read_proc(&self.pids)) {
             (Some(a), Some(b)) => Some(b.cpu_secs - a),
             _ => None,
         };
@@ -175,17 +190,18 @@ pub struct RssSampler {
 }
 
 impl RssSampler {
-    pub fn start(pid: Option<u32>) -> Self {
+    pub fn start(pids: &[u32]) -> Self {
         use std::sync::atomic::Ordering;
         let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (stop, mut rx) = tokio::sync::watch::channel(false);
-        if pid.is_some() {
+        if !pids.is_empty() {
             let peak = peak.clone();
+            let pids = pids.to_vec();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
                 // Bounded: ends when stopped or after an hour.
                 for _ in 0..360_000 {
-                    if let Some(r) = read_proc(pid) {
+                    if let Some(r) = read_proc(&pids) {
                         peak.fetch_max(r.rss_kib, Ordering::Relaxed);
                     }
                     tokio::select! {
@@ -204,9 +220,9 @@ impl RssSampler {
     }
 
     /// Stops sampling; the peak includes one last reading.
-    pub fn stop(self, pid: Option<u32>) -> u64 {
+    pub fn stop(self, pids: &[u32]) -> u64 {
         let _ = self.stop.send(true);
-        let last = read_proc(pid).map_or(0, |r| r.rss_kib);
+        let last = read_proc(pids).map_or(0, |r| r.rss_kib);
         self.peak_kib().max(last)
     }
 }

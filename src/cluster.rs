@@ -17,11 +17,12 @@ use socketioxide::adapter::Adapter;
 use socketioxide::SocketIo;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::store::Departures;
 use crate::domain::Unavailable;
 
 use crate::redis::driver::ManagedDriver;
-use crate::redis::RedisStore;
-use crate::socket::{announce_departures, cut_off};
+use crate::redis::{LeaveBy, RedisStore};
+use crate::socket::{announce_departures, cut_off, local_socket};
 
 /// Registers this node: members left in Redis by an earlier run under the
 /// same `NODE_ID` are removed (and their departures announced), then the
@@ -87,6 +88,40 @@ pub async fn run<A: Adapter>(
 async fn recover<A: Adapter>(store: &RedisStore, driver: &ManagedDriver, io: &SocketIo<A>) {
     if driver.listening().await && beat(store, io).await.is_ok() {
         store.mark_recovered();
+        reconcile(store, io).await;
+    }
+}
+
+/// A socket that closed while Redis was out of reach could not record its
+/// departure: its member would keep a seat (and a dead socket) until the
+/// session expires. After a recovery, every member Redis holds for this
+/// node whose socket is gone leaves, announced as any departure.
+async fn reconcile<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) {
+    let Ok(members) = store.own_members().await else {
+        return;
+    };
+    let mut departed = Vec::new();
+    for (session, user, conn) in members {
+        if local_socket(io, &conn).is_some() {
+            continue;
+        }
+        if let Ok(left) = store
+            .leave_as(&session, &user, &conn, LeaveBy::Reconciliation)
+            .await
+        {
+            departed.push(Departures {
+                session,
+                members: vec![(user, left.display_name, conn)],
+                remaining_keys: Some(left.public_keys),
+            });
+        }
+    }
+    if !departed.is_empty() {
+        tracing::warn!(
+            members = departed.len(),
+            "removed members whose sockets closed while Redis was lost"
+        );
+        announce_departures(io, departed).await;
     }
 }
 

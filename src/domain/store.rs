@@ -13,7 +13,7 @@ use super::error::{EventError, JoinError, ReserveError, Unavailable};
 use super::ids::{ChatMode, ConnId, SessionId, UserId};
 use super::memory::MemoryStore;
 use super::message::{Message, PublicKeyEntry};
-use crate::redis::RedisStore;
+use crate::redis::{LeaveBy, RedisStore};
 
 /// Bounds the store enforces; all come from [`crate::Config`].
 #[derive(Debug, Clone)]
@@ -324,14 +324,23 @@ impl Store {
     }
 
     /// A socket's disconnect: a leave when it is still the member's current
-    /// socket, otherwise nothing.
+    /// socket, otherwise nothing. `retry` when an earlier call for this
+    /// departure failed with [`Unavailable`] (it may have been applied).
     pub async fn disconnect(
         &self,
         session: &SessionId,
         user: &UserId,
         conn: &ConnId,
+        retry: bool,
     ) -> Result<Option<Left>, Unavailable> {
-        match self.leave(session, user, conn).await {
+        let left = match self {
+            Self::Memory(m) => m.leave(session, user, conn),
+            Self::Redis(r) => {
+                let by = if retry { LeaveBy::Retry } else { LeaveBy::Member };
+                r.leave_as(session, user, conn, by).await
+            }
+        };
+        match left {
             Ok(left) => Ok(Some(left)),
             Err(EventError::StoreUnavailable) => Err(Unavailable),
             Err(_) => Ok(None),

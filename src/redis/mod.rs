@@ -60,6 +60,20 @@ pub struct RedisSettings {
     pub cleanup_interval: Duration,
 }
 
+/// Who asks for a leave, which decides whether a departure can be
+/// announced twice or never when an answer from Redis was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveBy {
+    /// The member's socket (leave-session or disconnect), first attempt.
+    Member,
+    /// The same, again, after an attempt that got no answer (it may have
+    /// been applied: then this one answers as it would have).
+    Retry,
+    /// The node's reconciliation after a Redis loss: its answer is never
+    /// taken by a later retry.
+    Reconciliation,
+}
+
 /// Cloneable handle to the sessions in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -94,10 +108,11 @@ struct Scripts {
     leave: Script,
     evict: Script,
     remove_node: Script,
+    node_members: Script,
 }
 
 impl Scripts {
-    fn all(&self) -> [&Script; 11] {
+    fn all(&self) -> [&Script; 12] {
         [
             &self.reserve,
             &self.join,
@@ -110,6 +125,7 @@ impl Scripts {
             &self.leave,
             &self.evict,
             &self.remove_node,
+            &self.node_members,
         ]
     }
 
@@ -137,6 +153,7 @@ impl Scripts {
             leave: s(scripts::LEAVE),
             evict: s(scripts::EVICT),
             remove_node: s(scripts::REMOVE_NODE),
+            node_members: s(scripts::NODE_MEMBERS),
         }
     }
 }
@@ -748,8 +765,26 @@ impl RedisStore {
     }
 
     pub async fn leave(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Result<Left, EventError> {
+        self.leave_as(session, user, conn, LeaveBy::Member).await
+    }
+
+    /// A leave; see [`LeaveBy`] and [`scripts::LEAVE`].
+    pub async fn leave_as(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+        by: LeaveBy,
+    ) -> Result<Left, EventError> {
+        let mode = match by {
+            LeaveBy::Member => "0",
+            LeaveBy::Retry => "1",
+            LeaveBy::Reconciliation => "2",
+        };
         let mut r = self
-            .member_op(&self.inner.scripts.leave, session, user, conn, |_| {})
+            .member_op(&self.inner.scripts.leave, session, user, conn, |inv| {
+                inv.arg(mode);
+            })
             .await?;
         Ok(Left {
             display_name: r.opt(),
@@ -827,6 +862,24 @@ impl RedisStore {
             all.extend(departed);
         }
         Ok(all)
+    }
+
+    /// The members Redis holds for this node: `(session, user, socket)`.
+    pub async fn own_members(&self) -> Result<Vec<(SessionId, UserId, ConnId)>, Unavailable> {
+        let mut inv = self.invocation(&self.inner.scripts.node_members);
+        inv.arg(&self.inner.node);
+        let (_, r) = self.run(inv).await?;
+        let fields: Vec<String> = r.0.map(text).collect();
+        Ok(fields
+            .chunks_exact(3)
+            .filter_map(|f| {
+                Some((
+                    SessionId::parse(&f[0])?,
+                    UserId::parse(&f[1])?,
+                    ConnId::new(f[2].as_str()),
+                ))
+            })
+            .collect())
     }
 
     /// Removes the members held by `node` when it is dead, or by this node

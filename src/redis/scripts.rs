@@ -20,6 +20,7 @@
 //! | `P:node:<node>` | string | the node's heartbeat; expires after `NODE_TIMEOUT_SECS` |
 //! | `P:nodes` | set | node ids that may hold members |
 //! | `P:node:<node>:m` | set | `<session id>\n<user id>` of the node's members |
+//! | `P:left:<socket>` | string | tombstone of the socket's last leave, for retries (see [`LEAVE`]) |
 //!
 //! Every session key carries a TTL a margin past the session's eviction
 //! deadline: a backstop that frees the memory even when no node is left to
@@ -296,16 +297,33 @@ touch(sid, k)
 return { 'ok', ret_opt(m.d) }
 "#;
 
-/// `ARGV[6]` session, `[7]` user, `[8]` socket. Answers `{'ok', display
-/// name, remaining public keys}`.
+/// `ARGV[6]` session, `[7]` user, `[8]` socket, `[9]` `'1'` when this is a
+/// retry of a leave whose answer was lost (Redis too slow), `'2'` for a
+/// removal by the node's reconciliation (no tombstone), else `'0'`. Answers
+/// `{'ok', display name, remaining public keys}`.
+///
+/// Each leave leaves a tombstone under the socket's id for a while: a retry
+/// that finds the member already gone learns from it that its own earlier
+/// call removed the member, and answers `ok` once (so the departure is
+/// announced exactly once, not never).
 pub const LEAVE: &str = r#"
 local sid, user, conn = ARGV[6], ARGV[7], ARGV[8]
 local k = skeys(sid)
+local tomb_key = P .. ':left:' .. conn
+local tomb_of = sid .. '\n' .. user .. '\n'
 local m = current_member(k, user, conn)
-if not m then return { 'NOT_IN_SESSION' } end
+if not m then
+  local tomb = redis.call('GET', tomb_key)
+  if ARGV[9] == '1' and tomb and string.sub(tomb, 1, #tomb_of) == tomb_of then
+    redis.call('DEL', tomb_key)
+    return { 'ok', string.sub(tomb, #tomb_of + 1), redis.call('HGETALL', k.pk) }
+  end
+  return { 'NOT_IN_SESSION' }
+end
 redis.call('HDEL', k.mem, user)
 redis.call('HDEL', k.pk, user)
 redis.call('SREM', node_members(m.n), sid .. '\n' .. user)
+if ARGV[9] ~= '2' then redis.call('SET', tomb_key, tomb_of .. ret_opt(m.d), 'PX', MEMBER_MS) end
 touch(sid, k)
 return { 'ok', ret_opt(m.d), redis.call('HGETALL', k.pk) }
 "#;
@@ -329,6 +347,24 @@ redis.call('DEL', k.meta, k.mem, k.pk, k.h, k.hw, k.hi)
 redis.call('ZREM', IDLE, sid)
 redis.call('ZREM', SESSIONS, sid)
 return { 'ok', conns }
+"#;
+
+/// `ARGV[6]` node. Answers `{'ok', session, user, socket, session, ...}`:
+/// the members this node holds.
+pub const NODE_MEMBERS: &str = r#"
+local node = ARGV[6]
+local out = { 'ok' }
+for _, e in ipairs(redis.call('SMEMBERS', node_members(node))) do
+  local nl = string.find(e, '\n', 1, true)
+  local sid, user = string.sub(e, 1, nl - 1), string.sub(e, nl + 1)
+  local m = get_member(skeys(sid), user)
+  if m and m.n == node then
+    table.insert(out, sid)
+    table.insert(out, user)
+    table.insert(out, m.c)
+  end
+end
+return out
 "#;
 
 /// `ARGV[6]` node, `[7]` `'1'` to remove it whatever its heartbeat says (a

@@ -44,6 +44,11 @@ const FLOOD_DISCONNECT_AFTER: u32 = 200;
 /// The window in which refusals are counted.
 const FLOOD_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a departure is retried while Redis is out of reach.
+const DEPARTURE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Pause between two attempts.
+const DEPARTURE_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Who an emit goes to.
 enum Target<'a> {
     /// Every socket in the room, this one included.
@@ -523,16 +528,7 @@ impl<A: Adapter> Worker<A> {
     /// tells the room; `still_connected` sockets also leave the room.
     async fn depart(&mut self, b: Binding, still_connected: bool) {
         let room = session_room(&b.session);
-        // A leave the store could not record (Redis down) is still a
-        // departure for this socket; the member goes when its node's
-        // heartbeat does, or when the session expires.
-        let left = self
-            .app
-            .store
-            .disconnect(&b.session, &b.user, &self.conn)
-            .await
-            .ok()
-            .flatten();
+        let left = self.record_departure(&b).await;
         if let Some(Left {
             display_name,
             public_keys,
@@ -549,6 +545,31 @@ impl<A: Adapter> Worker<A> {
         }
         if still_connected {
             self.socket.leave(room);
+        }
+    }
+
+    /// Removes the member from the store. While Redis is out of reach the
+    /// departure is retried (this socket's later events wait; after a
+    /// disconnect there are none) for up to [`DEPARTURE_PATIENCE`]; a
+    /// departure still not recorded then is found by the node's
+    /// reconciliation once Redis is back (see `cluster::reconcile`).
+    async fn record_departure(&self, b: &Binding) -> Option<Left> {
+        let deadline = Instant::now() + DEPARTURE_PATIENCE;
+        let mut retry = false;
+        loop {
+            match self
+                .app
+                .store
+                .disconnect(&b.session, &b.user, &self.conn, retry)
+                .await
+            {
+                Ok(left) => return left,
+                Err(_) if Instant::now() < deadline => {
+                    retry = true;
+                    tokio::time::sleep(DEPARTURE_RETRY).await;
+                }
+                Err(_) => return None,
+            }
         }
     }
 

@@ -27,6 +27,7 @@ import {
   assertMessage,
   assertPublicKeys,
   assertUserJoined,
+  expectUserLeftOnce,
   sleep,
 } from './helpers.mjs';
 
@@ -52,6 +53,40 @@ async function rejoin(client, payload) {
 }
 
 describe('redis', { concurrency: true }, () => {
+  test('Redis frozen while a member disconnects: STORE_UNAVAILABLE meanwhile; once it answers, the departure is announced once', { timeout: 90000 }, async () => {
+    const cluster = await startCluster({ env: { STORE_TIMEOUT_MS: String(STORE_TIMEOUT_MS) } });
+    const alice = newUser('Alice');
+    const bob = newUser('Bob');
+    const { link, clients } = await setupRoom(cluster, [alice, bob]);
+    const [a, b] = clients; // nodes 1, 2
+    a.drainAll();
+
+    // A frozen Redis neither answers nor closes connections: every call
+    // runs into STORE_TIMEOUT_MS.
+    process.kill(cluster.redis.pid, 'SIGSTOP');
+    try {
+      const started = Date.now();
+      a.emit('send-message', { sessionId: link, from: alice.userId, encrypted: 'x', to: 'all' });
+      const err = await a.next('event-error', STORE_TIMEOUT_MS + 5000);
+      assertEventError(err, 'send-message', 'STORE_UNAVAILABLE');
+      assert.ok(Date.now() - started < STORE_TIMEOUT_MS + 2500, 'refused without hanging');
+      // Bob's socket closes while his departure cannot be recorded.
+      b.close();
+      await sleep(1000);
+    } finally {
+      process.kill(cluster.redis.pid, 'SIGCONT');
+    }
+    // Once the node is back, it removes the member whose socket is gone.
+    const since = Date.now();
+    await expectUserLeftOnce(a, [bob], { timeout: 15000, since });
+    await a.until('public-keys-updated', (evs) => evs.some((k) => Array.isArray(k) && k.length === 1), 5000);
+    assertPublicKeys(a.drain('public-keys-updated').at(-1), [keyEntry(alice)]);
+    // And the session works again for those who stayed.
+    a.drainAll();
+    a.emit('send-message', { sessionId: link, from: alice.userId, encrypted: 'y', to: 'all' });
+    await a.next('message-sent', 5000);
+  });
+
   test('Redis lost mid-run: /health 503 degraded everywhere, STORE_UNAVAILABLE fast; back on the same port: recovered', { timeout: 90000 }, async () => {
     // NODE_TIMEOUT_SECS stays at its default (15): what production runs.
     const cluster = await startCluster({ env: { STORE_TIMEOUT_MS: String(STORE_TIMEOUT_MS) } });

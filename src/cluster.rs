@@ -106,7 +106,7 @@ async fn reconcile<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) {
             continue;
         }
         if let Ok(left) = store
-            .leave_as(&session, &user, &conn, LeaveBy::Reconciliation)
+            .leave_as(&session, &user, &conn, LeaveBy::Reconciliation, "")
             .await
         {
             departed.push(Departures {

@@ -92,6 +92,13 @@ impl Server {
             .start()
             .await;
         };
+        anyhow::ensure!(
+            config.store_timeout * 3 <= config.node_timeout,
+            "STORE_TIMEOUT_MS ({} ms) must be at most a third of NODE_TIMEOUT_SECS ({} s): \
+             a heartbeat slower than its interval would make this node look dead",
+            config.store_timeout.as_millis(),
+            config.node_timeout.as_secs()
+        );
         let settings = RedisSettings {
             url,
             prefix: config.redis_prefix.clone(),
@@ -328,6 +335,10 @@ impl RunningServer {
         self.workers.close();
         if timeout(DRAIN_WORKERS_TIMEOUT, self.workers.wait()).await.is_err() {
             tracing::warn!("some sockets were still busy at shutdown");
+        }
+        // Joins handled while the sockets were closing re-added members.
+        if let Ok(late) = self.store.remove_own_members().await {
+            self.sockets.announce(late).await;
         }
         self.sockets.close().await;
         let _ = timeout(DRAIN_HTTP_TIMEOUT, self.http).await;

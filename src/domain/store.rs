@@ -324,20 +324,22 @@ impl Store {
     }
 
     /// A socket's disconnect: a leave when it is still the member's current
-    /// socket, otherwise nothing. `retry` when an earlier call for this
-    /// departure failed with [`Unavailable`] (it may have been applied).
+    /// socket, otherwise nothing. `departure` names this departure, the
+    /// same for every attempt; `retry` when an earlier attempt failed with
+    /// [`Unavailable`] (it may have been applied).
     pub async fn disconnect(
         &self,
         session: &SessionId,
         user: &UserId,
         conn: &ConnId,
+        departure: &str,
         retry: bool,
     ) -> Result<Option<Left>, Unavailable> {
         let left = match self {
             Self::Memory(m) => m.leave(session, user, conn),
             Self::Redis(r) => {
                 let by = if retry { LeaveBy::Retry } else { LeaveBy::Member };
-                r.leave_as(session, user, conn, by).await
+                r.leave_as(session, user, conn, by, departure).await
             }
         };
         match left {

@@ -449,6 +449,19 @@ impl RedisStore {
     ) -> Result<T, Unavailable> {
         let outcome = match tokio::time::timeout(self.inner.timeout, call).await {
             Ok(Ok(v)) => return Ok(v),
+            // A refusal by a working Redis (out of memory under
+            // `noeviction`, a script error) fails this call only: closing
+            // the gate would also stop what frees memory.
+            Ok(Err(e))
+                if !(e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()) =>
+            {
+                crate::metrics::store_unavailable();
+                tracing::warn!(error = %e, "Redis refused a call");
+                return Err(Unavailable);
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer within STORE_TIMEOUT_MS".to_owned(),
         };
@@ -765,7 +778,9 @@ impl RedisStore {
     }
 
     pub async fn leave(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Result<Left, EventError> {
-        self.leave_as(session, user, conn, LeaveBy::Member).await
+        let departure = uuid::Uuid::new_v4().simple().to_string();
+        self.leave_as(session, user, conn, LeaveBy::Member, &departure)
+            .await
     }
 
     /// A leave; see [`LeaveBy`] and [`scripts::LEAVE`].
@@ -775,6 +790,7 @@ impl RedisStore {
         user: &UserId,
         conn: &ConnId,
         by: LeaveBy,
+        departure: &str,
     ) -> Result<Left, EventError> {
         let mode = match by {
             LeaveBy::Member => "0",
@@ -783,7 +799,7 @@ impl RedisStore {
         };
         let mut r = self
             .member_op(&self.inner.scripts.leave, session, user, conn, |inv| {
-                inv.arg(mode);
+                inv.arg(mode).arg(departure);
             })
             .await?;
         Ok(Left {
@@ -795,53 +811,81 @@ impl RedisStore {
     /// Evicts the sessions whose deadline passed. Every node sweeps; the
     /// script lets exactly one of them evict (and announce) each session.
     pub async fn sweep(&self) -> Result<Sweep, Unavailable> {
-        let due: Vec<String> = self
-            .query(
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.key("idle"))
-                    .arg("-inf")
-                    .arg(epoch_ms())
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(SWEEP_BATCH),
-            )
-            .await?;
+        // Not gated: evicting frees memory, and Redis allows it even when
+        // full. Batches continue while they come back full, so a burst of
+        // sessions due together is evicted before the keys' TTL backstop.
         let mut sweep = Sweep::default();
-        for id in due {
-            let mut inv = self.invocation(&self.inner.scripts.evict);
-            inv.arg(&id);
-            let (status, mut r) = self.run(inv).await?;
-            if status != "ok" {
-                continue;
+        loop {
+            let due: Vec<String> = match self
+                .query_ungated(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(self.key("idle"))
+                        .arg("-inf")
+                        .arg(epoch_ms())
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(SWEEP_BATCH),
+                )
+                .await
+            {
+                Ok(due) => due,
+                Err(e) if sweep.evicted == 0 => return Err(e),
+                // What was evicted must still be announced.
+                Err(_) => return Ok(sweep),
+            };
+            let full = due.len() == SWEEP_BATCH;
+            let mut progress = false;
+            for id in due {
+                let mut inv = self.invocation(&self.inner.scripts.evict);
+                inv.arg(&id);
+                let Ok((status, mut r)) = self.run_ungated(inv).await else {
+                    return Ok(sweep);
+                };
+                if status != "ok" {
+                    continue;
+                }
+                progress = true;
+                sweep.evicted += 1;
+                let conns: Vec<ConnId> = r.list().into_iter().map(|v| ConnId::new(text(v))).collect();
+                if let (false, Some(session)) = (conns.is_empty(), SessionId::parse(&id)) {
+                    sweep.expired.push(Expired { session, conns });
+                }
             }
-            sweep.evicted += 1;
-            let conns: Vec<ConnId> = r.list().into_iter().map(|v| ConnId::new(text(v))).collect();
-            if let (false, Some(session)) = (conns.is_empty(), SessionId::parse(&id)) {
-                sweep.expired.push(Expired { session, conns });
+            if !full || !progress {
+                return Ok(sweep);
             }
         }
-        Ok(sweep)
     }
 
     /// Writes this node's heartbeat. Returns false when it had lapsed (the
     /// other nodes may have removed this node's members meanwhile).
     pub async fn heartbeat(&self) -> Result<bool, Unavailable> {
         let node = &self.inner.node;
+        let beat = self.key(&format!("node:{node}"));
+        let ttl = self.inner.node_timeout.as_millis() as u64;
+        // PEXPIRE first: Redis allows it even when full, so a full Redis
+        // does not make every node look dead.
+        let alive: bool = self
+            .query_ungated(redis::cmd("PEXPIRE").arg(&beat).arg(ttl))
+            .await?;
+        if alive {
+            return Ok(true);
+        }
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("SET")
-            .arg(self.key(&format!("node:{node}")))
+            .arg(&beat)
             .arg(epoch_ms())
             .arg("PX")
-            .arg(self.inner.node_timeout.as_millis() as u64)
-            .arg("GET")
+            .arg(ttl)
+            .ignore()
             .cmd("SADD")
             .arg(self.key("nodes"))
             .arg(node)
             .ignore();
         let mut conn = self.inner.conn.clone();
-        let (previous,): (Option<String>,) = self.bounded(pipe.query_async(&mut conn)).await?;
-        Ok(previous.is_some())
+        let () = self.bounded(pipe.query_async(&mut conn)).await?;
+        Ok(false)
     }
 
     /// Removes the members of every node whose heartbeat expired. Only the
@@ -853,7 +897,10 @@ impl RedisStore {
             .await?;
         let mut all = Vec::new();
         for node in nodes.iter().filter(|n| **n != self.inner.node) {
-            let departed = self.remove_node_members(Some(node)).await?;
+            // What was removed must still be announced.
+            let Ok(departed) = self.remove_node_members(Some(node)).await else {
+                break;
+            };
             if !departed.is_empty() {
                 let members: usize = departed.iter().map(|d| d.members.len()).sum();
                 tracing::warn!(node, members, "node stopped beating: its members were removed");

@@ -299,24 +299,28 @@ return { 'ok', ret_opt(m.d) }
 
 /// `ARGV[6]` session, `[7]` user, `[8]` socket, `[9]` `'1'` when this is a
 /// retry of a leave whose answer was lost (Redis too slow), `'2'` for a
-/// removal by the node's reconciliation (no tombstone), else `'0'`. Answers
+/// removal by the node's reconciliation (no tombstone), else `'0'`;
+/// `[10]` the departure's id, the same for every attempt. Answers
 /// `{'ok', display name, remaining public keys}`.
 ///
-/// Each leave leaves a tombstone under the socket's id for a while: a retry
-/// that finds the member already gone learns from it that its own earlier
-/// call removed the member, and answers `ok` once (so the departure is
-/// announced exactly once, not never).
+/// A leave leaves a tombstone under the socket's id, naming the departure:
+/// a retry of that same departure that finds the member gone (and not back
+/// under another socket) learns from it that its own earlier attempt removed
+/// the member, and answers `ok` once, so the departure is announced exactly
+/// once, not never.
 pub const LEAVE: &str = r#"
 local sid, user, conn = ARGV[6], ARGV[7], ARGV[8]
 local k = skeys(sid)
 local tomb_key = P .. ':left:' .. conn
-local tomb_of = sid .. '\n' .. user .. '\n'
+local tomb_of = ARGV[10] .. '\n' .. sid .. '\n' .. user .. '\n'
 local m = current_member(k, user, conn)
 if not m then
-  local tomb = redis.call('GET', tomb_key)
-  if ARGV[9] == '1' and tomb and string.sub(tomb, 1, #tomb_of) == tomb_of then
-    redis.call('DEL', tomb_key)
-    return { 'ok', string.sub(tomb, #tomb_of + 1), redis.call('HGETALL', k.pk) }
+  if ARGV[9] == '1' and not redis.call('HGET', k.mem, user) then
+    local tomb = redis.call('GET', tomb_key)
+    if tomb and string.sub(tomb, 1, #tomb_of) == tomb_of then
+      redis.call('DEL', tomb_key)
+      return { 'ok', string.sub(tomb, #tomb_of + 1), redis.call('HGETALL', k.pk) }
+    end
   end
   return { 'NOT_IN_SESSION' }
 end

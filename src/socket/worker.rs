@@ -555,12 +555,13 @@ impl<A: Adapter> Worker<A> {
     /// reconciliation once Redis is back (see `cluster::reconcile`).
     async fn record_departure(&self, b: &Binding) -> Option<Left> {
         let deadline = Instant::now() + DEPARTURE_PATIENCE;
+        let departure = uuid::Uuid::new_v4().simple().to_string();
         let mut retry = false;
         loop {
             match self
                 .app
                 .store
-                .disconnect(&b.session, &b.user, &self.conn, retry)
+                .disconnect(&b.session, &b.user, &self.conn, &departure, retry)
                 .await
             {
                 Ok(left) => return left,

@@ -43,7 +43,7 @@ describe('a node goes away', { concurrency: true }, () => {
   const NODE_TIMEOUT = 3;
 
   test(`SIGKILL: survivors get user-left for each of its members once, within NODE_TIMEOUT_SECS (${NODE_TIMEOUT}) + a few s; they rejoin elsewhere`, { timeout: 90000 }, async () => {
-    const cluster = await startCluster({ env: { NODE_TIMEOUT_SECS: String(NODE_TIMEOUT) } });
+    const cluster = await startCluster({ env: { NODE_TIMEOUT_SECS: String(NODE_TIMEOUT), STORE_TIMEOUT_MS: '1000' } });
     const { users, clients, link, onNode2, survivors } = await sixMembers(cluster);
     const [u0, u1, u2] = users;
     const u4 = users[4];

@@ -63,6 +63,7 @@ pub async fn run<A: Adapter>(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
+            _ = store.gate_closed() => {}
         }
         if !store.is_healthy() {
             recover(&store, &driver, &io).await;

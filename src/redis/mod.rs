@@ -93,6 +93,8 @@ struct Inner {
     /// [`RedisStore::mark_recovered`]); meanwhile every operation is refused
     /// at once and `/health` says `degraded`.
     healthy: AtomicBool,
+    /// Wakes the cluster task when the gate closes, so recovery starts at once.
+    gate_closed: tokio::sync::Notify,
     scripts: Scripts,
 }
 
@@ -196,6 +198,7 @@ pub async fn connect(
             timeout: settings.store_timeout,
             node_timeout: settings.node_timeout,
             healthy: AtomicBool::new(true),
+            gate_closed: tokio::sync::Notify::new(),
             scripts,
         }),
     };
@@ -430,7 +433,13 @@ impl RedisStore {
                 error = why,
                 "Redis unavailable: events fail with STORE_UNAVAILABLE"
             );
+            self.inner.gate_closed.notify_one();
         }
+    }
+
+    /// Resolves when the gate has closed since the last call.
+    pub async fn gate_closed(&self) {
+        self.inner.gate_closed.notified().await;
     }
 
     /// Serves operations again: called once Redis answers, the adapter hears

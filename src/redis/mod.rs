@@ -10,7 +10,9 @@
 //! connected to it, so that the survivors can remove the members of a node
 //! that died ([`RedisStore::reap_dead_nodes`]).
 
+mod codec;
 pub mod driver;
+mod nodes;
 mod scripts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,17 +22,18 @@ use std::time::Duration;
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, ScriptInvocation, Value};
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::domain::message::MessageView;
 use crate::domain::store::{
-    is_truthy, Departures, Expired, JoinKind, JoinRequest, Joined, Left, Limits, Outgoing, Route, Sent,
-    SessionSummary, StoreStats, Sweep,
+    is_truthy, JoinKind, JoinRequest, Joined, Left, Limits, Outgoing, Route, Sent, SessionSummary, StoreStats,
 };
 use crate::domain::{
     epoch_ms, ChatMode, ConnId, EventError, JoinError, Message, PublicKeyEntry, ReserveError, SessionId,
     Unavailable, UserId,
+};
+use codec::{
+    digest, event_refusal, flag, join_refusal, opt_arg, password_digest, public_keys, text, Reply,
+    StoredMessage,
 };
 use driver::ManagedDriver;
 
@@ -234,129 +237,6 @@ async fn check_version(conn: &mut ConnectionManager) -> anyhow::Result<()> {
         "Redis {version} is too old: the Socket.IO adapter needs Redis {MIN_REDIS_MAJOR} or later"
     );
     Ok(())
-}
-
-/// Hex SHA-256 of a secret: Redis only ever holds digests, compared in the
-/// scripts without stopping at the first difference.
-fn digest(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn flag(b: bool) -> &'static str {
-    if b {
-        "1"
-    } else {
-        "0"
-    }
-}
-
-/// An optional string as the scripts take it.
-fn opt_arg(v: Option<&str>) -> String {
-    v.map_or_else(String::new, |v| format!("={v}"))
-}
-
-/// A script's answer, read front to back.
-struct Reply(std::vec::IntoIter<Value>);
-
-impl Reply {
-    fn string(&mut self) -> String {
-        match self.0.next() {
-            Some(Value::BulkString(b)) => String::from_utf8(b).unwrap_or_default(),
-            Some(Value::SimpleString(s)) => s,
-            Some(Value::Int(n)) => n.to_string(),
-            _ => String::new(),
-        }
-    }
-
-    fn opt(&mut self) -> Option<Arc<str>> {
-        let s = self.string();
-        s.strip_prefix('=').map(Into::into)
-    }
-
-    fn list(&mut self) -> Vec<Value> {
-        match self.0.next() {
-            Some(Value::Array(v) | Value::Set(v)) => v,
-            _ => Vec::new(),
-        }
-    }
-}
-
-fn text(v: Value) -> String {
-    Reply(vec![v].into_iter()).string()
-}
-
-/// Public key entries from a flat `user, "<order>|<json>"` list, in the
-/// order they were first stored.
-fn public_keys(flat: Vec<Value>) -> Vec<PublicKeyEntry> {
-    let mut rows: Vec<(u64, PublicKeyEntry)> = flat
-        .into_iter()
-        .skip(1)
-        .step_by(2)
-        .filter_map(|v| {
-            let row = text(v);
-            let (order, json) = row.split_once('|')?;
-            Some((order.parse().ok()?, serde_json::from_str(json).ok()?))
-        })
-        .collect();
-    rows.sort_by_key(|(order, _)| *order);
-    rows.into_iter().map(|(_, k)| k).collect()
-}
-
-/// A history entry as stored: the wire shape plus the author's plaintext
-/// when `ORIGINAL_CONTENT=author` kept it.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StoredMessage {
-    id: Arc<str>,
-    from: UserId,
-    #[serde(default)]
-    to: Option<Arc<str>>,
-    encrypted: serde_json::Value,
-    timestamp: u64,
-    #[serde(rename = "type")]
-    kind: Arc<str>,
-    #[serde(default)]
-    sender_display_name: Option<Arc<str>>,
-    #[serde(default)]
-    original_content: Option<serde_json::Value>,
-}
-
-impl From<StoredMessage> for Message {
-    fn from(m: StoredMessage) -> Self {
-        Self {
-            id: m.id,
-            from: m.from,
-            to: m.to,
-            encrypted: m.encrypted,
-            timestamp: m.timestamp,
-            kind: m.kind,
-            sender_display_name: m.sender_display_name,
-            original_content: m.original_content,
-        }
-    }
-}
-
-fn event_refusal(code: &str) -> EventError {
-    match code {
-        "UNKNOWN_RECIPIENT" => EventError::UnknownRecipient,
-        "NOT_GROUP" => EventError::NotAllowed("Only group sessions have a session key."),
-        "NOT_CREATOR" => EventError::NotAllowed("Only the session's creator may set its key."),
-        _ => EventError::NotInSession,
-    }
-}
-
-fn join_refusal(code: &str) -> JoinError {
-    match code {
-        "SESSION_NOT_FOUND" => JoinError::SessionNotFound,
-        "CREATOR_KEY_MISMATCH" => JoinError::CreatorKeyMismatch,
-        "INVALID_PASSWORD" => JoinError::InvalidPassword,
-        "SESSION_NOT_ACTIVE" => JoinError::SessionNotActive,
-        "SESSION_LIMIT" => JoinError::SessionLimit,
-        _ => JoinError::InvalidKey,
-    }
 }
 
 impl RedisStore {
@@ -815,172 +695,5 @@ impl RedisStore {
             display_name: r.opt(),
             public_keys: public_keys(r.list()),
         })
-    }
-
-    /// Evicts the sessions whose deadline passed. Every node sweeps; the
-    /// script lets exactly one of them evict (and announce) each session.
-    pub async fn sweep(&self) -> Result<Sweep, Unavailable> {
-        // Not gated: evicting frees memory, and Redis allows it even when
-        // full. Batches continue while they come back full, so a burst of
-        // sessions due together is evicted before the keys' TTL backstop.
-        let mut sweep = Sweep::default();
-        loop {
-            let due: Vec<String> = match self
-                .query_ungated(
-                    redis::cmd("ZRANGEBYSCORE")
-                        .arg(self.key("idle"))
-                        .arg("-inf")
-                        .arg(epoch_ms())
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(SWEEP_BATCH),
-                )
-                .await
-            {
-                Ok(due) => due,
-                Err(e) if sweep.evicted == 0 => return Err(e),
-                // What was evicted must still be announced.
-                Err(_) => return Ok(sweep),
-            };
-            let full = due.len() == SWEEP_BATCH;
-            let mut progress = false;
-            for id in due {
-                let mut inv = self.invocation(&self.inner.scripts.evict);
-                inv.arg(&id);
-                let Ok((status, mut r)) = self.run_ungated(inv).await else {
-                    return Ok(sweep);
-                };
-                if status != "ok" {
-                    continue;
-                }
-                progress = true;
-                sweep.evicted += 1;
-                let conns: Vec<ConnId> = r.list().into_iter().map(|v| ConnId::new(text(v))).collect();
-                if let (false, Some(session)) = (conns.is_empty(), SessionId::parse(&id)) {
-                    sweep.expired.push(Expired { session, conns });
-                }
-            }
-            if !full || !progress {
-                return Ok(sweep);
-            }
-        }
-    }
-
-    /// Writes this node's heartbeat. Returns false when it had lapsed (the
-    /// other nodes may have removed this node's members meanwhile).
-    pub async fn heartbeat(&self) -> Result<bool, Unavailable> {
-        let node = &self.inner.node;
-        let beat = self.key(&format!("node:{node}"));
-        let ttl = self.inner.node_timeout.as_millis() as u64;
-        // PEXPIRE first: Redis allows it even when full, so a full Redis
-        // does not make every node look dead.
-        let alive: bool = self
-            .query_ungated(redis::cmd("PEXPIRE").arg(&beat).arg(ttl))
-            .await?;
-        if alive {
-            return Ok(true);
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(&beat)
-            .arg(epoch_ms())
-            .arg("PX")
-            .arg(ttl)
-            .ignore()
-            .cmd("SADD")
-            .arg(self.key("nodes"))
-            .arg(node)
-            .ignore();
-        let mut conn = self.inner.conn.clone();
-        let () = self.bounded(pipe.query_async(&mut conn)).await?;
-        Ok(false)
-    }
-
-    /// Removes the members of every node whose heartbeat expired. Only the
-    /// node whose call removes a member gets it back, so each departure is
-    /// announced once.
-    pub async fn reap_dead_nodes(&self) -> Result<Vec<Departures>, Unavailable> {
-        let nodes: Vec<String> = self
-            .query_ungated(redis::cmd("SMEMBERS").arg(self.key("nodes")))
-            .await?;
-        let mut all = Vec::new();
-        for node in nodes.iter().filter(|n| **n != self.inner.node) {
-            // What was removed must still be announced.
-            let Ok(departed) = self.remove_node_members(Some(node)).await else {
-                break;
-            };
-            if !departed.is_empty() {
-                let members: usize = departed.iter().map(|d| d.members.len()).sum();
-                tracing::warn!(node, members, "node stopped beating: its members were removed");
-                crate::metrics::forced_disconnect("dead_node");
-            }
-            all.extend(departed);
-        }
-        Ok(all)
-    }
-
-    /// The members Redis holds for this node: `(session, user, socket)`.
-    pub async fn own_members(&self) -> Result<Vec<(SessionId, UserId, ConnId)>, Unavailable> {
-        let mut inv = self.invocation(&self.inner.scripts.node_members);
-        inv.arg(&self.inner.node);
-        let (_, r) = self.run(inv).await?;
-        let fields: Vec<String> = r.0.map(text).collect();
-        Ok(fields
-            .chunks_exact(3)
-            .filter_map(|f| {
-                Some((
-                    SessionId::parse(&f[0])?,
-                    UserId::parse(&f[1])?,
-                    ConnId::new(f[2].as_str()),
-                ))
-            })
-            .collect())
-    }
-
-    /// Removes the members held by `node` when it is dead, or by this node
-    /// (`None`, unconditionally: at shutdown and at start-up).
-    pub async fn remove_node_members(&self, node: Option<&str>) -> Result<Vec<Departures>, Unavailable> {
-        let mut inv = self.invocation(&self.inner.scripts.remove_node);
-        inv.arg(node.unwrap_or(&self.inner.node))
-            .arg(flag(node.is_none()));
-        let (status, r) = self.run_ungated(inv).await?;
-        if status != "ok" {
-            return Ok(Vec::new());
-        }
-        Ok(r.0.filter_map(departures).collect())
-    }
-}
-
-/// One session's entry of `REMOVE_NODE`'s answer.
-fn departures(v: Value) -> Option<Departures> {
-    let Value::Array(parts) = v else { return None };
-    let mut r = Reply(parts.into_iter());
-    let session = SessionId::parse(&r.string())?;
-    let remaining = public_keys(r.list());
-    let members = r
-        .list()
-        .into_iter()
-        .filter_map(|m| {
-            let Value::Array(fields) = m else { return None };
-            let mut f = Reply(fields.into_iter());
-            let user = UserId::parse(&f.string())?;
-            let name = f.opt();
-            Some((user, name, ConnId::new(f.string())))
-        })
-        .collect();
-    Some(Departures {
-        session,
-        members,
-        remaining_keys: Some(remaining),
-    })
-}
-
-/// In `password` mode the auth key is `<key>:<password>`; joiners prove the
-/// password part. Empty for the other modes.
-fn password_digest(mode: ChatMode, auth_key: &str) -> String {
-    match (mode, auth_key.split_once(':')) {
-        (ChatMode::Password, Some((_, password))) => digest(password),
-        _ => String::new(),
     }
 }

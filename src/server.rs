@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::Method;
 use engineioxide::service::NotFoundService;
-use futures_util::future::BoxFuture;
+use futures_util::future::{join_all, BoxFuture};
 use socketioxide::adapter::Adapter;
 use socketioxide::service::SocketIoService;
-use socketioxide::SocketIo;
+use socketioxide::{SocketIo, TransportType};
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
@@ -25,6 +25,7 @@ use crate::config::{AllowedOrigins, Config};
 use crate::domain::store::{Departures, Limits};
 use crate::domain::Store;
 use crate::eviction;
+use crate::http::killable::Kill;
 use crate::http::serve::{self, Frontdoor, ServeLimits};
 use crate::http::{self, HttpState, Readiness};
 use crate::limits::{IpLimiter, Rate};
@@ -36,6 +37,8 @@ use crate::socket::{self, App, ClusterAdapter};
 const DRAIN_WORKERS_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long shutdown waits for the accept loop to let connections finish.
 const DRAIN_HTTP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long shutdown lets the WebSockets write their last packets.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Cross-node packets a node may have received and not yet handed to its
 /// sockets; past it they are dropped (and counted). Slots are allocated
 /// only while a backlog exists.
@@ -178,6 +181,7 @@ impl<A: Adapter> Assembly<A> {
         .layer(TraceLayer::new_for_http());
         let frontdoor = Frontdoor {
             socket_io: service,
+            io: io.clone(),
             api,
             allowed_origins: Arc::new(config.client_origins.clone()),
             trust_proxy: config.trust_proxy.clone(),
@@ -262,8 +266,25 @@ impl<A: Adapter> SocketLayer for SocketIo<A> {
 
     fn disconnect_all(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Err(e) = self.local().disconnect().await {
-                tracing::warn!(error = %e, "closing sockets failed");
+            let queued_since = std::time::Instant::now();
+            let mut closing = Vec::new();
+            for socket in self.local().sockets() {
+                let websocket = socket.transport_type() == TransportType::Websocket;
+                let kill = socket.req_parts().extensions.get::<Kill>().cloned();
+                let told = socket.clone().disconnect().is_ok();
+                match kill {
+                    // Its disconnect packet is queued: the WebSocket is
+                    // closed once the packet is written.
+                    Some(kill) if websocket && told => closing.push(kill.finish(queued_since)),
+                    // No room left in its buffer: it stopped reading.
+                    Some(kill) if !told => kill.kill(),
+                    // Polling: the packet goes out with the pending poll,
+                    // which the HTTP shutdown lets finish.
+                    _ => {}
+                }
+            }
+            if timeout(FLUSH_TIMEOUT, join_all(closing)).await.is_err() {
+                tracing::debug!("some WebSockets were still closing at shutdown");
             }
         })
     }

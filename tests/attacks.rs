@@ -1155,10 +1155,31 @@ async fn a_flooder_that_never_reads_is_still_cut_off() {
 
 #[tokio::test]
 async fn a_slow_reader_in_a_busy_session_is_cut_off_and_slows_nobody() {
+    slow_reader_is_cut_off(SlowReader::WebSocket).await;
+}
+
+#[tokio::test]
+async fn a_slow_reader_that_upgraded_from_polling_is_cut_off_on_its_websocket() {
+    slow_reader_is_cut_off(SlowReader::UpgradedFromPolling).await;
+}
+
+/// How the slow reader connects.
+enum SlowReader {
+    WebSocket,
+    /// Long-polling first, then a WebSocket upgrade (the stock client's
+    /// default): its session lives on a second connection.
+    UpgradedFromPolling,
+}
+
+async fn slow_reader_is_cut_off(how: SlowReader) {
     let _serial = serial().await;
+    // No ping before the end of the test: the heartbeat must not be what
+    // ends the slow reader.
+    let ping_interval = Duration::from_secs(120);
     let server = start(|c| {
         lenient(c);
         c.send_rate_per_socket = 0;
+        c.ping_interval = ping_interval;
     })
     .await;
     let addr = server.addr();
@@ -1167,7 +1188,10 @@ async fn a_slow_reader_in_a_busy_session_is_cut_off_and_slows_nobody() {
     let b = busy.pop().unwrap();
     let a = busy.pop().unwrap();
     // The slow reader: a 4 KiB TCP receive window, and it stops reading.
-    let slow = Ws::connect_with_small_window(addr, 4096).await;
+    let slow = match how {
+        SlowReader::WebSocket => Ws::connect_with_small_window(addr, 4096).await,
+        SlowReader::UpgradedFromPolling => Ws::upgraded_with_small_window(addr, 4096).await,
+    };
     join(&slow, "busy", "key", "slow", false).await;
     for m in [&a, &b] {
         m.recv_where("user-joined", WAIT, |d| d["userId"] == "slow")
@@ -1258,7 +1282,13 @@ async fn a_slow_reader_in_a_busy_session_is_cut_off_and_slows_nobody() {
         calm.iter().max().unwrap(),
     );
     pair.assert_healthy().await;
-    drop(slow);
+    // Its connection is really gone: reading again, it finds the end of
+    // what was buffered and then the connection closed.
+    slow.resume_reading();
+    assert!(
+        slow.wait_closed(Duration::from_secs(10)).await.is_some(),
+        "the slow reader was announced gone but its connection stayed open"
+    );
     stop(server).await;
 }
 

@@ -30,13 +30,14 @@ use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use socketioxide::adapter::Adapter;
 use socketioxide::service::SocketIoService;
+use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_http::cors::CorsLayer;
 
-use super::killable::{Kill, KillableStream};
+use super::killable::{Kill, KillableStream, Switch};
 use crate::config::AllowedOrigins;
 use crate::limits::IpLimiter;
 
@@ -69,6 +70,8 @@ pub struct ClientIp(pub IpAddr);
 /// Routes every request; cheap to clone.
 pub struct Frontdoor<A: Adapter> {
     pub socket_io: SocketIoService<NotFoundService, A>,
+    /// To find the session a WebSocket upgrade belongs to.
+    pub io: SocketIo<A>,
     pub api: Router,
     pub allowed_origins: Arc<AllowedOrigins>,
     pub trust_proxy: Option<HeaderName>,
@@ -80,6 +83,7 @@ impl<A: Adapter> Clone for Frontdoor<A> {
     fn clone(&self) -> Self {
         Self {
             socket_io: self.socket_io.clone(),
+            io: self.io.clone(),
             api: self.api.clone(),
             allowed_origins: self.allowed_origins.clone(),
             trust_proxy: self.trust_proxy.clone(),
@@ -89,7 +93,7 @@ impl<A: Adapter> Clone for Frontdoor<A> {
 }
 
 impl<A: Adapter> Frontdoor<A> {
-    async fn handle(self, peer: SocketAddr, kill: Kill, mut req: Request<Incoming>) -> Response<Body> {
+    async fn handle(self, peer: SocketAddr, conn: Switch, mut req: Request<Incoming>) -> Response<Body> {
         let ip = ClientIp(self.client_ip(&req, peer));
         if !req.uri().path().starts_with(SOCKET_IO_PATH) {
             req.extensions_mut().insert(ip);
@@ -114,6 +118,16 @@ impl<A: Adapter> Frontdoor<A> {
                 let mut res = json_error(StatusCode::TOO_MANY_REQUESTS, "Too many connections, retry later");
                 res.headers_mut().insert(header::RETRY_AFTER, retry_after(wait));
                 return res;
+            }
+        }
+        let kill = Kill::new(&conn);
+        if let Some(sid) = upgraded_session(&req) {
+            // The session now lives on this connection: cutting it off
+            // must cut this one.
+            if let Some(socket) = self.io.get_socket(sid) {
+                if let Some(session) = socket.req_parts().extensions.get::<Kill>() {
+                    session.upgraded_to(&kill);
+                }
             }
         }
         let req = lean_request(req, ip, kill);
@@ -141,6 +155,19 @@ fn is_new_handshake(uri: &Uri) -> bool {
         .unwrap_or_default()
         .split('&')
         .any(|kv| kv.starts_with("sid="))
+}
+
+/// The session a WebSocket upgrade request (`transport=websocket` with a
+/// `sid`) moves from long-polling.
+fn upgraded_session(req: &Request<Incoming>) -> Option<socketioxide::socket::Sid> {
+    if !req.headers().contains_key(header::UPGRADE) {
+        return None;
+    }
+    let mut pairs = req.uri().query()?.split('&');
+    if !pairs.clone().any(|kv| kv == "transport=websocket") {
+        return None;
+    }
+    pairs.find_map(|kv| kv.strip_prefix("sid="))?.parse().ok()
 }
 
 /// A copy of `req` with fresh copies of only the engine's headers, a copied
@@ -245,12 +272,12 @@ pub async fn serve<A: Adapter>(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             if opening_arrives(&stream, limits.header_read_timeout).await {
-                let (stream, kill) = KillableStream::new(stream);
+                let (stream, conn) = KillableStream::new(stream);
                 let service = tower::ServiceBuilder::new()
                     .layer(cors)
                     .service(tower::service_fn(move |req| {
-                        let (door, kill) = (door.clone(), kill.clone());
-                        async move { Ok::<_, Infallible>(door.handle(peer, kill, req).await) }
+                        let (door, conn) = (door.clone(), conn.clone());
+                        async move { Ok::<_, Infallible>(door.handle(peer, conn, req).await) }
                     }));
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));

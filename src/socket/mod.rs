@@ -16,7 +16,7 @@ use std::sync::Arc;
 use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide::extract::{SocketRef, State};
 use socketioxide::handler::ConnectHandler;
-use socketioxide::{SocketIo, SocketIoBuilder};
+use socketioxide::{SocketIo, SocketIoBuilder, TransportType};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -116,13 +116,18 @@ pub fn conn_room(conn: &ConnId) -> String {
     format!("c:{conn}")
 }
 
-/// Cuts a socket off for good: out of the namespace (when its buffer has
-/// room for the disconnect packet) and its connection closed, so that a
-/// flooder or a reader that stopped reading is really gone. The engine then
-/// closes the socket and its departure is handled as any other.
+/// Cuts a socket off for good, so that a flooder or a reader that stopped
+/// reading is really gone. A WebSocket's connection is made to fail: the
+/// engine closes the session and its departure is handled as any other, and
+/// the client sees a lost connection (the stock client reconnects, joins
+/// again and gets the history). A polling session is also taken out of the
+/// namespace (when its buffer has room for the disconnect packet), as its
+/// later requests come on other connections.
 pub fn cut_off<A: socketioxide::adapter::Adapter>(socket: &SocketRef<A>) {
     let kill = socket.req_parts().extensions.get::<Kill>().cloned();
-    let _ = socket.clone().disconnect();
+    if socket.transport_type() != TransportType::Websocket {
+        let _ = socket.clone().disconnect();
+    }
     if let Some(kill) = kill {
         kill.kill();
     }

@@ -427,7 +427,7 @@ impl Ws {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut sink, mut stream) = stream.split();
+        let (sink, mut stream) = stream.split();
         let open = timeout(WAIT, async {
             loop {
                 match stream.next().await {
@@ -441,6 +441,53 @@ impl Ws {
         .map_err(|_| "no open packet".to_string())??;
         let open: Value = serde_json::from_str(open.strip_prefix('0').ok_or("not an open packet")?)
             .map_err(|e| e.to_string())?;
+        Ok(Self::spawn(sink, stream, open))
+    }
+
+    /// A session that starts with long-polling, connects to the main
+    /// namespace there, and then upgrades to a WebSocket over a TCP socket
+    /// with a small receive buffer (what a stock client with the default
+    /// transports does, as a reader that will stop reading).
+    pub async fn upgraded_with_small_window(addr: SocketAddr, rcvbuf: u32) -> Ws {
+        let polling = Polling::open(addr).await;
+        assert_eq!(polling.post(b"40").await.0, 200, "namespace connect over polling");
+        let (status, body) = polling.get().await;
+        assert!(
+            status == 200 && body.contains("40{"),
+            "no connect answer over polling: {body}"
+        );
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(rcvbuf).unwrap();
+        let tcp = socket.connect(addr).await.unwrap();
+        let url = format!(
+            "ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={}",
+            polling.sid
+        );
+        let (ws, _) = timeout(WAIT, tokio_tungstenite::client_async(url, tcp))
+            .await
+            .expect("ws upgrade timed out")
+            .expect("ws upgrade");
+        let (mut sink, mut stream) = ws.split();
+        sink.send(Message::text("2probe")).await.unwrap();
+        let probe = timeout(WAIT, stream.next()).await.expect("probe answer");
+        assert!(
+            matches!(&probe, Some(Ok(Message::Text(t))) if t.as_str() == "3probe"),
+            "probe answer: {probe:?}"
+        );
+        sink.send(Message::text("5")).await.unwrap();
+        let ws = Self::spawn(sink, stream, json!({ "sid": polling.sid }));
+        ws.shared.update(|s| s.connected = true);
+        ws
+    }
+
+    fn spawn<S>(
+        mut sink: futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStream<S>, Message>,
+        mut stream: futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<S>>,
+        open: Value,
+    ) -> Ws
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             version: watch::channel(0).0,
@@ -478,13 +525,13 @@ impl Ws {
                 s.closed_at = Some(Instant::now());
             });
         });
-        Ok(Ws {
+        Ws {
             out,
             shared,
             paused,
             tasks: vec![writer, reader],
             open,
-        })
+        }
     }
 
     /// Opens and connects to the main namespace.
@@ -517,6 +564,11 @@ impl Ws {
     /// Stops reading from the socket (after the frame being read, if any).
     pub fn stop_reading(&self) {
         self.paused.send_replace(true);
+    }
+
+    /// Reads from the socket again.
+    pub fn resume_reading(&self) {
+        self.paused.send_replace(false);
     }
 
     pub fn send_text(&self, packet: impl Into<String>) {

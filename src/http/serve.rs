@@ -172,7 +172,7 @@ fn upgraded_session(req: &Request<Incoming>) -> Option<socketioxide::socket::Sid
 
 /// A copy of `req` with fresh copies of only the engine's headers, a copied
 /// URI, and no extension but hyper's upgrade handle, the client IP and the
-/// connection's kill switch.
+/// session's hold on its connection ([`Kill`]).
 fn lean_request(req: Request<Incoming>, ip: ClientIp, kill: Kill) -> Request<Incoming> {
     let (mut parts, body) = req.into_parts();
     let uri: Uri = parts.uri.to_string().parse().unwrap_or_default();

@@ -100,6 +100,12 @@ pub fn broadcast_incomplete() {
     metrics::counter!("chat_broadcasts_incomplete_total").increment(1);
 }
 
+/// A room emit that could not be published to the other nodes (cluster
+/// mode); this node's sockets got it.
+pub fn cross_node_emit_failed() {
+    metrics::counter!("chat_cross_node_emit_failures_total").increment(1);
+}
+
 /// How long one event took to handle.
 pub fn event_handled(event: &'static str, took: Duration) {
     metrics::histogram!("chat_event_duration_seconds", "event" => event).record(took.as_secs_f64());

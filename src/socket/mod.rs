@@ -16,6 +16,8 @@ use std::sync::Arc;
 use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide::extract::{SocketRef, State};
 use socketioxide::handler::ConnectHandler;
+use socketioxide::operators::BroadcastOperators;
+use socketioxide::BroadcastError;
 use socketioxide::{SocketIo, SocketIoBuilder, TransportType};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -155,6 +157,24 @@ pub async fn emit_to_conn<A: Adapter, T: serde::Serialize + ?Sized>(
     }
 }
 
+/// Emits through `operator` on every node. socketioxide-redis publishes
+/// first and skips this node's sockets when the publish fails (Redis lost
+/// between the store call and the emit); they get it anyway.
+pub async fn broadcast<A: Adapter, T: serde::Serialize + ?Sized>(
+    operator: BroadcastOperators<A>,
+    event: &str,
+    data: &T,
+) -> Result<(), BroadcastError> {
+    match operator.clone().emit(event, data).await {
+        Err(BroadcastError::Adapter(e)) => {
+            tracing::warn!(event, error = %e, "room emit not published to the other nodes; sent on this node only");
+            crate::metrics::cross_node_emit_failed();
+            operator.local().emit(event, data).await
+        }
+        sent => sent,
+    }
+}
+
 /// Takes a socket, on this node or (in a cluster) any other, out of a room.
 pub async fn leave_room<A: Adapter>(io: &SocketIo<A>, cluster: bool, conn: &ConnId, room: String) {
     if let Some(socket) = local_socket(io, conn) {
@@ -182,10 +202,10 @@ pub async fn announce_departures<A: Adapter>(io: &SocketIo<A>, all: Vec<Departur
                 Some(member) => member.to(room.clone()),
                 None => io.to(room.clone()),
             };
-            let _ = to_others.emit("user-left", &notice).await;
+            let _ = broadcast(to_others, "user-left", &notice).await;
         }
         if let Some(keys) = &departures.remaining_keys {
-            let _ = io.to(room.clone()).emit("public-keys-updated", keys).await;
+            let _ = broadcast(io.to(room.clone()), "public-keys-updated", keys).await;
         }
     }
 }

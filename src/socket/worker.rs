@@ -665,7 +665,7 @@ impl<A: Adapter> Worker<A> {
         let shared =
             self.app.cluster || size >= SHARED_ENCODING_MIN_BYTES || recipients.len() > PER_RECIPIENT_MAX;
         if let Some(operator) = operator.filter(|_| shared) {
-            if let Err(e) = operator.emit(event, &*raw).await {
+            if let Err(e) = super::broadcast(operator, event, &*raw).await {
                 // The sockets that could not take it are not named; the
                 // heartbeat ends them if they have stopped reading.
                 tracing::debug!(event, error = %e, "room broadcast not taken by every socket");

@@ -29,6 +29,7 @@ import {
   assertUserJoined,
   expectUserLeftOnce,
   sleep,
+  redisCommand,
 } from './helpers.mjs';
 
 const STORE_TIMEOUT_MS = 1000;
@@ -53,6 +54,42 @@ async function rejoin(client, payload) {
 }
 
 describe('redis', { concurrency: true }, () => {
+  test('a message stored but not published to the other nodes still reaches the sender\'s node, and the others get it on rejoin', { timeout: 60000 }, async () => {
+    const cluster = await startCluster({ size: 2 });
+    const alice = newUser('Alice');
+    const carol = newUser('Carol');
+    const bob = newUser('Bob');
+    // alice and bob on node 1, carol on node 2.
+    const { link, clients } = await setupRoom(cluster, [alice, carol, bob]);
+    const [a, c, b] = clients;
+    // Redis refuses PUBLISH from now on: the send script succeeds and the
+    // cross-node emit after it fails, as when Redis goes away in between.
+    assert.equal(await redisCommand(cluster.redis.port, 'ACL SETUSER default -publish'), '+OK');
+    try {
+      a.emit('send-message', { sessionId: link, from: alice.userId, encrypted: 'unpublished' });
+      await a.next('message-sent');
+      assertMessage(await b.next('new-message', 5000), {
+        id: (v) => assert.equal(typeof v, 'string'),
+        from: alice.userId,
+        encrypted: 'unpublished',
+        type: 'text',
+        senderDisplayName: alice.displayName,
+      }, 'bob, on the sender\'s node');
+    } finally {
+      assert.equal(await redisCommand(cluster.redis.port, 'ACL SETUSER default +publish'), '+OK');
+    }
+    // Carol's node never heard of it; it is stored, so her next join (the
+    // stock client joins again on every reconnect) has it.
+    c.drainAll();
+    const { history } = await c.join(joinPayload(carol, link));
+    assert.deepEqual(history.map((m) => m.encrypted), ['unpublished']);
+    // Publishing works again.
+    a.emit('send-message', { sessionId: link, from: alice.userId, encrypted: 'published' });
+    for (const who of [b, c]) {
+      await who.until('new-message', (evs) => evs.some((m) => m.encrypted === 'published'), 5000, `${who.name}: "published"`);
+    }
+  });
+
   test('Redis frozen while a member disconnects: STORE_UNAVAILABLE meanwhile; once it answers, the departure is announced once', { timeout: 90000 }, async () => {
     const cluster = await startCluster({ env: { STORE_TIMEOUT_MS: String(STORE_TIMEOUT_MS) } });
     const alice = newUser('Alice');

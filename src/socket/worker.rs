@@ -83,6 +83,10 @@ pub struct Worker<A: Adapter> {
     app: App,
     conn: ConnId,
     bound: Option<Binding>,
+    /// A join whose answer was lost (`STORE_UNAVAILABLE` after the call
+    /// went out): Redis may have applied it, so the member it may have made
+    /// leaves with this socket as a bound one would.
+    unsure: Option<Binding>,
     buckets: Buckets,
 }
 
@@ -104,6 +108,7 @@ impl<A: Adapter> Worker<A> {
             app,
             conn,
             bound: None,
+            unsure: None,
             buckets,
         }
     }
@@ -263,12 +268,18 @@ impl<A: Adapter> Worker<A> {
             Ok(joined) => joined,
             Err(e) => {
                 tracing::info!(session = %binding.session.log_tag(), error = e.code(), "join refused");
+                if e == JoinError::StoreUnavailable && self.bound.as_ref() != Some(&binding) {
+                    self.unsure = Some(binding);
+                }
                 return self.session_error(&e);
             }
         };
         // A socket holds one binding: joining as someone else leaves the old one.
         if let Some(previous) = self.bound.take().filter(|b| *b != binding) {
             self.depart(previous, true).await;
+        }
+        if let Some(unsure) = self.unsure.take().filter(|b| *b != binding) {
+            self.depart(unsure, true).await;
         }
         metrics::join_accepted();
         let room = session_room(&binding.session);
@@ -519,6 +530,9 @@ impl<A: Adapter> Worker<A> {
     }
 
     async fn disconnect(&mut self) {
+        if let Some(unsure) = self.unsure.take().filter(|b| Some(b) != self.bound.as_ref()) {
+            self.depart(unsure, false).await;
+        }
         if let Some(b) = self.bound.take() {
             self.depart(b, false).await;
         }

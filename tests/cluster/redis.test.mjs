@@ -54,6 +54,38 @@ async function rejoin(client, payload) {
 }
 
 describe('redis', { concurrency: true }, () => {
+  test('a join whose answer timed out but that Redis applied: the member leaves with its socket', { timeout: 60000 }, async () => {
+    const cluster = await startCluster({ size: 1, env: { STORE_TIMEOUT_MS: String(STORE_TIMEOUT_MS) } });
+    const [node] = cluster.nodes;
+    const alice = newUser('Alice');
+    const bob = newUser('Bob');
+    const carol = newUser('Carol');
+    const { link, clients } = await setupRoom(cluster, [alice]);
+    const [a] = clients;
+    const b = await connect(node, { name: 'Bob' });
+    // A script that keeps Redis busy for 2.5 s: bob's join waits behind it,
+    // the node gives up after STORE_TIMEOUT_MS, and Redis applies it after.
+    const spin = "local s=redis.call('TIME') while true do local n=redis.call('TIME') "
+      + "if (n[1]-s[1])*1000000+(n[2]-s[2])>2500000 then return 1 end end";
+    const busy = redisCommand(cluster.redis.port, `EVAL "${spin}" 0`, 10000);
+    await sleep(200);
+    b.emit('join-session', joinPayload(bob, link));
+    const outcome = await b.joinOutcome(STORE_TIMEOUT_MS + 5000);
+    assert.equal(outcome.ok, false, 'the join must time out');
+    assertSessionError(outcome.error, 'STORE_UNAVAILABLE');
+    assert.equal(await busy, ':1');
+    await waitUntil(async () => (await health(node)).status === 200, { timeout: 15000, what: '/health → 200' });
+    // Bob goes away without joining again: the member Redis made for him
+    // leaves too, announced once.
+    a.drainAll();
+    const since = Date.now();
+    b.close();
+    await expectUserLeftOnce(a, [bob], { since });
+    const c = await connect(node, { name: 'Carol' });
+    const { keys } = await c.join(joinPayload(carol, link));
+    assertPublicKeys(keys, [keyEntry(alice), keyEntry(carol)]);
+  });
+
   test('a message stored but not published to the other nodes still reaches the sender\'s node, and the others get it on rejoin', { timeout: 60000 }, async () => {
     const cluster = await startCluster({ size: 2 });
     const alice = newUser('Alice');

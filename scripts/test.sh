@@ -23,6 +23,8 @@ need_debs=()
 command -v cargo >/dev/null || { echo "missing: a Rust toolchain (cargo); install it with rustup" >&2; exit 1; }
 command -v node >/dev/null && command -v npm >/dev/null || need_debs+=(nodejs npm)
 command -v redis-server >/dev/null || need_debs+=(redis-server)
+# The cluster suite makes a throwaway CA for its TLS Redis.
+command -v openssl >/dev/null || need_debs+=(openssl)
 if [ -z "${SKIP_BROWSER:-}" ] && [ ! -x /usr/bin/chromium ]; then need_debs+=(chromium); fi
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -152,6 +153,9 @@ pub struct Config {
     /// `REDIS_URL`: unset runs the embedded in-memory store; set, every node
     /// with the same URL and prefix shares sessions and emits through Redis.
     pub redis_url: Option<String>,
+    /// `REDIS_TLS_CA_FILE`: the CA certificate(s) (PEM) a `rediss://` Redis
+    /// is checked against instead of the system's trusted roots.
+    pub redis_tls_ca_file: Option<PathBuf>,
     /// `REDIS_PREFIX`: of every Redis key and pub/sub channel, so that
     /// several deployments can share one Redis.
     pub redis_prefix: String,
@@ -223,6 +227,7 @@ impl Default for Config {
             max_history_bytes: 64 * 1024 * 1024,
             max_total_history_bytes: 1024 * 1024 * 1024,
             redis_url: None,
+            redis_tls_ca_file: None,
             redis_prefix: "e2e".into(),
             node_id: uuid::Uuid::new_v4().simple().to_string(),
             node_timeout: Duration::from_secs(15),
@@ -298,6 +303,7 @@ impl Config {
             max_total_history_bytes: env
                 .positive("MAX_TOTAL_HISTORY_BYTES", defaults.max_total_history_bytes)?,
             redis_url: env.get("REDIS_URL"),
+            redis_tls_ca_file: env.get("REDIS_TLS_CA_FILE").map(PathBuf::from),
             redis_prefix: env.with("REDIS_PREFIX", defaults.redis_prefix.clone(), |v| {
                 let ok = !v.is_empty()
                     && v.len() <= 64
@@ -401,6 +407,10 @@ impl Config {
                 self.max_total_history_bytes.to_string(),
             ),
             ("REDIS_URL", opt(self.redis_url.as_deref().map(mask_url_password))),
+            (
+                "REDIS_TLS_CA_FILE",
+                opt(self.redis_tls_ca_file.as_ref().map(|p| p.display().to_string())),
+            ),
             ("REDIS_PREFIX", self.redis_prefix.clone()),
             ("NODE_ID", self.node_id.clone()),
             ("NODE_TIMEOUT_SECS", secs(self.node_timeout)),
@@ -577,6 +587,18 @@ mod tests {
             "{summary}"
         );
         assert!(!summary.contains("s3cret"));
+    }
+
+    #[test]
+    fn a_redis_ca_file_is_a_path_shown_in_the_summary() {
+        let c = config(&[
+            ("REDIS_URL", "rediss://redis:6380"),
+            ("REDIS_TLS_CA_FILE", " /etc/redis-ca.pem "),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_tls_ca_file, Some(PathBuf::from("/etc/redis-ca.pem")));
+        assert!(c.summary().contains("REDIS_TLS_CA_FILE=/etc/redis-ca.pem"));
+        assert_eq!(config(&[]).unwrap().redis_tls_ca_file, None);
     }
 
     #[test]

@@ -104,6 +104,7 @@ impl Server {
         );
         let settings = RedisSettings {
             url,
+            tls_ca_file: config.redis_tls_ca_file.clone(),
             prefix: config.redis_prefix.clone(),
             node_id: config.node_id.clone(),
             node_timeout: config.node_timeout,

@@ -92,6 +92,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 async fn both_backends() -> (Store, Store) {
     let settings = RedisSettings {
         url: format!("redis://127.0.0.1:{}", redis_server().port),
+        tls_ca_file: None,
         prefix: format!("parity{}", uuid::Uuid::new_v4().simple()),
         node_id: "n1".into(),
         node_timeout: Duration::from_secs(15),

@@ -15,6 +15,7 @@ pub mod driver;
 mod nodes;
 mod scripts;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,8 @@ const MIN_REDIS_MAJOR: u32 = 7;
 pub struct RedisSettings {
     /// `REDIS_URL`.
     pub url: String,
+    /// `REDIS_TLS_CA_FILE`.
+    pub tls_ca_file: Option<PathBuf>,
     /// `REDIS_PREFIX`: of every key and pub/sub channel.
     pub prefix: String,
     /// `NODE_ID`: how this node names itself in Redis.
@@ -170,8 +173,7 @@ pub async fn connect(
     limits: Limits,
 ) -> anyhow::Result<(RedisStore, ManagedDriver)> {
     let shown = crate::config::mask_url_password(&settings.url);
-    let client = redis::Client::open(with_resp3(&settings.url).as_str())
-        .with_context(|| format!("REDIS_URL ({shown}) is not a valid Redis URL"))?;
+    let client = client(settings, &shown)?;
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(settings.store_timeout))
         .set_connection_timeout(Some(settings.store_timeout))
@@ -206,6 +208,34 @@ pub async fn connect(
         }),
     };
     Ok((store, driver))
+}
+
+/// The client of `REDIS_URL`: `redis://` in the clear, `rediss://` over TLS
+/// (the server's certificate checked against the system's roots, or against
+/// `REDIS_TLS_CA_FILE`).
+fn client(settings: &RedisSettings, shown: &str) -> anyhow::Result<redis::Client> {
+    let url = with_resp3(&settings.url);
+    let invalid = || format!("REDIS_URL ({shown}) is not a valid Redis URL");
+    let Some(path) = &settings.tls_ca_file else {
+        return redis::Client::open(url.as_str()).with_context(invalid);
+    };
+    anyhow::ensure!(
+        url.starts_with("rediss://"),
+        "REDIS_TLS_CA_FILE is set but REDIS_URL ({shown}) is not a rediss:// (TLS) URL"
+    );
+    let pem =
+        std::fs::read(path).with_context(|| format!("cannot read REDIS_TLS_CA_FILE ({})", path.display()))?;
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(url.as_str(), certificates).with_context(|| {
+        format!(
+            "REDIS_TLS_CA_FILE ({}) holds no usable PEM certificate, or {}",
+            path.display(),
+            invalid()
+        )
+    })
 }
 
 /// The socketioxide-redis adapter needs RESP3 (push messages).

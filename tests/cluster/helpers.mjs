@@ -12,9 +12,10 @@
 // child process is SIGKILLed when its test ends, passes or fails, and again
 // when the test process exits.
 
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
+import tls from 'node:tls';
 import os from 'node:os';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -141,16 +142,39 @@ export async function freePort() {
   return port;
 }
 
-/** Sends one inline command to Redis and resolves with the first reply line. */
-export function redisCommand(port, command, timeout = 1000) {
+/**
+ * A throwaway CA and a certificate for 127.0.0.1 signed by it (openssl),
+ * for a redis-server that speaks TLS. Returns the PEM files' paths.
+ */
+export function makeTlsFiles() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cluster-tls-'));
+  const f = (name) => path.join(dir, name);
+  const openssl = (...args) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  openssl('req', '-x509', ...ec, '-keyout', f('ca.key'), '-out', f('ca.crt'), '-days', '2', '-subj', '/CN=cluster test CA',
+    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  openssl('req', ...ec, '-keyout', f('server.key'), '-out', f('server.csr'), '-subj', '/CN=127.0.0.1');
+  fs.writeFileSync(f('server.ext'), 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
+  openssl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.crt'), '-CAkey', f('ca.key'), '-CAcreateserial',
+    '-out', f('server.crt'), '-days', '2', '-extfile', f('server.ext'));
+  return { dir, ca: f('ca.crt'), cert: f('server.crt'), key: f('server.key') };
+}
+
+/**
+ * Sends one inline command to Redis and resolves with the first reply line;
+ * over TLS when `tlsFiles` (from makeTlsFiles) is given.
+ */
+export function redisCommand(port, command, timeout = 1000, tlsFiles = undefined) {
   return new Promise((resolve, reject) => {
-    const sock = net.connect({ host: '127.0.0.1', port });
+    const sock = tlsFiles
+      ? tls.connect({ host: '127.0.0.1', port, ca: fs.readFileSync(tlsFiles.ca) })
+      : net.connect({ host: '127.0.0.1', port });
     let buf = '';
     const timer = setTimeout(() => {
       sock.destroy();
       reject(new Error(`redis ${command}: no answer within ${timeout} ms`));
     }, timeout);
-    sock.on('connect', () => sock.write(`${command}\r\n`));
+    sock.on(tlsFiles ? 'secureConnect' : 'connect', () => sock.write(`${command}\r\n`));
     sock.on('data', (d) => {
       buf += d.toString('utf8');
       const i = buf.indexOf('\r\n');
@@ -172,13 +196,17 @@ export function redisCommand(port, command, timeout = 1000) {
  * and waits until it answers PING. With a given port it keeps that port (the
  * restart test), otherwise it retries on another port if the port was taken.
  */
-export async function startRedis({ port } = {}) {
+export async function startRedis({ port, tls: tlsFiles } = {}) {
   const fixed = port !== undefined;
   for (let attempt = 0; ; attempt++) {
     const p = fixed ? port : await freePort();
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cluster-redis-'));
+    const listen = tlsFiles
+      ? ['--port', '0', '--tls-port', String(p), '--tls-cert-file', tlsFiles.cert, '--tls-key-file', tlsFiles.key,
+        '--tls-ca-cert-file', tlsFiles.ca, '--tls-auth-clients', 'no']
+      : ['--port', String(p)];
     const child = spawnChild(`redis:${p}`, REDIS_BIN, [
-      '--port', String(p),
+      ...listen,
       '--bind', '127.0.0.1',
       '--save', '',
       '--appendonly', 'no',
@@ -191,7 +219,7 @@ export async function startRedis({ port } = {}) {
     let ready = false;
     while (!child.exited() && Date.now() < deadline) {
       try {
-        if ((await redisCommand(p, 'PING', 500)) === '+PONG') {
+        if ((await redisCommand(p, 'PING', 500, tlsFiles)) === '+PONG') {
           ready = true;
           break;
         }
@@ -203,7 +231,8 @@ export async function startRedis({ port } = {}) {
     if (ready) {
       const redis = {
         port: p,
-        url: `redis://127.0.0.1:${p}`,
+        url: `${tlsFiles ? 'rediss' : 'redis'}://127.0.0.1:${p}`,
+        tls: tlsFiles,
         child,
         pid: child.pid,
         output: child.output,
@@ -226,7 +255,7 @@ export async function startRedis({ port } = {}) {
 export function serverEnv(port, env = {}) {
   const childEnv = { ...process.env };
   // A developer's settings must not leak into the tests.
-  for (const k of ['REDIS_URL', 'REDIS_PREFIX', 'NODE_TIMEOUT_SECS', 'STORE_TIMEOUT_MS']) delete childEnv[k];
+  for (const k of ['REDIS_URL', 'REDIS_TLS_CA_FILE', 'REDIS_PREFIX', 'NODE_TIMEOUT_SECS', 'STORE_TIMEOUT_MS']) delete childEnv[k];
   Object.assign(childEnv, {
     PORT: String(port),
     HOST: '127.0.0.1',
@@ -304,12 +333,15 @@ export async function startNode(name, env = {}) {
 
 /**
  * A redis-server and `size` server processes sharing it (REDIS_URL) under a
- * random REDIS_PREFIX. `env` is added to every node's environment.
+ * random REDIS_PREFIX. `env` is added to every node's environment. With
+ * `tls`, Redis speaks only TLS (certificate from a throwaway CA) and the
+ * nodes reach it with a rediss:// URL and that CA as REDIS_TLS_CA_FILE.
  */
-export async function startCluster({ size = 3, env = {} } = {}) {
-  const redis = await startRedis();
+export async function startCluster({ size = 3, env = {}, tls: withTls = false } = {}) {
+  const redis = await startRedis({ tls: withTls ? makeTlsFiles() : undefined });
   const prefix = 'ct' + randomBytes(5).toString('hex');
   const common = { REDIS_URL: redis.url, REDIS_PREFIX: prefix, ...env };
+  if (withTls) common.REDIS_TLS_CA_FILE = redis.tls.ca;
   const nodes = await Promise.all(Array.from({ length: size }, (_, i) => startNode(`node${i + 1}`, common)));
   return {
     redis,

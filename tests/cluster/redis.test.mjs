@@ -30,6 +30,7 @@ import {
   expectUserLeftOnce,
   sleep,
   redisCommand,
+  makeTlsFiles,
 } from './helpers.mjs';
 
 const STORE_TIMEOUT_MS = 1000;
@@ -269,6 +270,42 @@ describe('redis', { concurrency: true }, () => {
     assert.notEqual(exit.code, 0, `exit ${JSON.stringify(exit)}`);
     assert.equal(exit.signal, null, `exit ${JSON.stringify(exit)}`);
     assert.match(child.stderr(), /REDIS_URL/, `stderr should name REDIS_URL:\n${child.stderr()}`);
+  });
+
+  test('Redis over TLS (rediss:// and REDIS_TLS_CA_FILE): two nodes share sessions and emits', { timeout: 60000 }, async () => {
+    const cluster = await startCluster({ size: 2, tls: true });
+    assert.match(cluster.redis.url, /^rediss:\/\//);
+    const alice = newUser('Alice');
+    const bob = newUser('Bob');
+    const { link, clients } = await setupRoom(cluster, [alice, bob]);
+    const [a, b] = clients; // nodes 1, 2
+    a.emit('send-message', { sessionId: link, from: alice.userId, encrypted: 'over-tls', clientMessageId: 'tls-1' });
+    const m = { id: 'tls-1', from: alice.userId, encrypted: 'over-tls', type: 'text', senderDisplayName: 'Alice' };
+    assertMessage(await a.next('message-sent'), m);
+    assertMessage(await b.next('new-message'), m);
+  });
+
+  test('start-up against a TLS Redis whose certificate is not trusted: exits non-zero, naming REDIS_URL', async () => {
+    const redis = await startRedis({ tls: makeTlsFiles() });
+    try {
+      // The system's roots do not know the test CA.
+      const child = spawnServer('untrusted', { REDIS_URL: redis.url, REDIS_PREFIX: 'cttls' }, await freePort());
+      const exit = await child.waitExit(15000);
+      assert.ok(exit, `still running against an untrusted certificate:\n${child.output()}`);
+      assert.notEqual(exit.code, 0, `exit ${JSON.stringify(exit)}`);
+      assert.match(child.stderr(), /REDIS_URL/, `stderr should name REDIS_URL:\n${child.stderr()}`);
+      // A CA file with a redis:// URL is a mistake, said at start.
+      const plain = spawnServer('ca-without-tls', {
+        REDIS_URL: redis.url.replace('rediss://', 'redis://'),
+        REDIS_TLS_CA_FILE: redis.tls.ca,
+        REDIS_PREFIX: 'cttls',
+      }, await freePort());
+      const plainExit = await plain.waitExit(15000);
+      assert.ok(plainExit && plainExit.code !== 0, `exit ${JSON.stringify(plainExit)}`);
+      assert.match(plain.stderr(), /REDIS_TLS_CA_FILE/, `stderr should name REDIS_TLS_CA_FILE:\n${plain.stderr()}`);
+    } finally {
+      await redis.kill();
+    }
   });
 
   test('start-up with a REDIS_URL that is no Redis URL: exits non-zero, naming REDIS_URL', async () => {

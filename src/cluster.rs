@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use socketioxide::adapter::Adapter;
 use socketioxide::SocketIo;
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::store::Departures;
@@ -50,12 +51,50 @@ pub async fn join<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) -> anyhow::R
 const RECOVERY_POLL: Duration = Duration::from_millis(250);
 
 /// Beats and reaps until `stop` is cancelled, and brings the node back when
-/// Redis returns after a loss.
+/// Redis returns after a loss. The heartbeat has a loop of its own, so that
+/// announcing the departures of a large dead node never delays it into
+/// lapsing.
 pub async fn run<A: Adapter>(
     store: RedisStore,
     driver: ManagedDriver,
     io: SocketIo<A>,
     stop: CancellationToken,
+) {
+    let beating = Mutex::new(());
+    tokio::join!(
+        heartbeat(&store, &io, &beating, &stop),
+        duties(&store, &driver, &io, &beating, &stop)
+    );
+}
+
+/// Beats every [`RedisStore::heartbeat_interval`] while the node is
+/// healthy (while it is not, [`recover`] beats).
+async fn heartbeat<A: Adapter>(
+    store: &RedisStore,
+    io: &SocketIo<A>,
+    beating: &Mutex<()>,
+    stop: &CancellationToken,
+) {
+    let every = store.heartbeat_interval();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if store.is_healthy() {
+            let _ = beat(store, io, beating).await;
+        }
+    }
+}
+
+/// Removes the members of dead nodes, checks the adapter's subscriptions,
+/// and recovers after a Redis loss.
+async fn duties<A: Adapter>(
+    store: &RedisStore,
+    driver: &ManagedDriver,
+    io: &SocketIo<A>,
+    beating: &Mutex<()>,
+    stop: &CancellationToken,
 ) {
     let every = store.heartbeat_interval();
     loop {
@@ -66,18 +105,15 @@ pub async fn run<A: Adapter>(
             _ = store.gate_closed() => {}
         }
         if !store.is_healthy() {
-            recover(&store, &driver, &io).await;
+            recover(store, driver, io, beating).await;
             continue;
         }
         if !driver.listening().await {
             store.mark_unhealthy("the Socket.IO adapter's pub/sub connection is down");
             continue;
         }
-        if beat(&store, &io).await.is_err() {
-            continue;
-        }
         if let Ok(departed) = store.reap_dead_nodes().await {
-            announce_departures(&io, departed).await;
+            announce_departures(io, departed).await;
         }
     }
 }
@@ -86,8 +122,13 @@ pub async fn run<A: Adapter>(
 /// answers, the adapter hears the other nodes again (else emits between
 /// nodes would be lost), and a lapsed heartbeat has been dealt with (else
 /// clients that join now would be cut off later).
-async fn recover<A: Adapter>(store: &RedisStore, driver: &ManagedDriver, io: &SocketIo<A>) {
-    if driver.listening().await && beat(store, io).await.is_ok() {
+async fn recover<A: Adapter>(
+    store: &RedisStore,
+    driver: &ManagedDriver,
+    io: &SocketIo<A>,
+    beating: &Mutex<()>,
+) {
+    if driver.listening().await && beat(store, io, beating).await.is_ok() {
         store.mark_recovered();
         reconcile(store, io).await;
     }
@@ -130,7 +171,14 @@ async fn reconcile<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) {
 /// (restarted empty) or the others removed them (Redis was out of reach for
 /// longer than `NODE_TIMEOUT_SECS`): its sockets would go on as members of
 /// nothing, so they are cut off, and the clients reconnect and join again.
-async fn beat<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) -> Result<(), Unavailable> {
+/// One beat at a time (`beating`): two at once could both find it lapsed
+/// and cut off clients that had already come back.
+async fn beat<A: Adapter>(
+    store: &RedisStore,
+    io: &SocketIo<A>,
+    beating: &Mutex<()>,
+) -> Result<(), Unavailable> {
+    let _one = beating.lock().await;
     if store.heartbeat().await? {
         return Ok(());
     }

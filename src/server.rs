@@ -110,6 +110,7 @@ impl Server {
             node_timeout: config.node_timeout,
             store_timeout: config.store_timeout,
             cleanup_interval: config.cleanup_interval,
+            history_chunk_bytes: crate::redis::HISTORY_CHUNK_BYTES,
         };
         let (redis, driver) = crate::redis::connect(&settings, limits).await?;
         let store = Store::Redis(redis.clone());

@@ -98,6 +98,9 @@ async fn both_backends() -> (Store, Store) {
         node_timeout: Duration::from_secs(15),
         store_timeout: Duration::from_secs(5),
         cleanup_interval: Duration::from_secs(60),
+        // Small: a history of more than one message or so is read in ranges
+        // (one or two messages each), as a large one would be.
+        history_chunk_bytes: 600,
     };
     let (redis, _driver) = connect(&settings, limits())
         .await
@@ -408,5 +411,72 @@ fn concurrent_joins_for_the_last_seat_admit_exactly_one() {
             .filter(|r| matches!(r, Ok(Err("SESSION_FULL"))))
             .count();
         assert_eq!((admitted, full), (1, 39), "{results:?}");
+    });
+}
+
+/// A large history is read in ranges after the join (`HISTORY_RANGE`); the
+/// history may be trimmed at its head meanwhile. A range whose first entry
+/// is gone starts at the head; one whose last entry is gone is empty.
+#[test]
+fn a_history_range_keeps_what_is_still_held_when_the_head_was_trimmed() {
+    use e2e_chat_server::redis::scripts::{HISTORY_RANGE, PRELUDE};
+    runtime().block_on(async {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis_server().port)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let prefix = format!("range{}", uuid::Uuid::new_v4().simple());
+        let (h, hw) = (format!("{prefix}:s:{{s}}:h"), format!("{prefix}:s:{{s}}:hw"));
+        for i in 0..6 {
+            let () = redis::cmd("RPUSH")
+                .arg(&h)
+                .arg(format!("m{i}"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let () = redis::cmd("RPUSH")
+                .arg(&hw)
+                .arg(format!("10|m{i}"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let script = redis::Script::new(&format!("{PRELUDE}{HISTORY_RANGE}"));
+        let mut conn2 = conn.clone();
+        let mut range = async move |first: &str, last: &str| -> Vec<String> {
+            let (status, messages): (String, Vec<String>) = script
+                .prepare_invoke()
+                .arg(&prefix)
+                .arg(0)
+                .arg(0)
+                .arg(0)
+                .arg(0)
+                .arg("s")
+                .arg(first)
+                .arg(last)
+                .invoke_async(&mut conn2)
+                .await
+                .unwrap();
+            assert_eq!(status, "ok");
+            messages
+        };
+        assert_eq!(range("10|m2", "10|m4").await, ["m2", "m3", "m4"]);
+        // The head is trimmed past m2: the range starts at what is left.
+        let () = redis::cmd("LTRIM")
+            .arg(&h)
+            .arg(3)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let () = redis::cmd("LTRIM")
+            .arg(&hw)
+            .arg(3)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(range("10|m2", "10|m4").await, ["m3", "m4"]);
+        // Trimmed past its last entry: nothing of the range is left.
+        assert_eq!(range("10|m0", "10|m1").await, Vec::<String>::new());
+        assert_eq!(range("10|m5", "10|m5").await, ["m5"]);
     });
 }

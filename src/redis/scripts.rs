@@ -134,10 +134,14 @@ return { 'ok' }
 /// `'1'`/`'0'`, `[13]` offered password digest or `''`, `[14]` mode of a
 /// session the creator creates, `[15]` its password digest or `''`, `[16]`
 /// MAX_SESSIONS, `[17]` MAX_GROUP_MEMBERS, `[18]` display name (optional),
-/// `[19]` public key JSON or `''`.
+/// `[19]` public key JSON or `''`, `[20]` the most history bytes answered
+/// inline.
 ///
 /// Answers `{'ok', kind, previous socket, mode, display name, wrapped keys,
-/// public keys (flat hash), history}`.
+/// public keys (flat hash), history, history index}`: a history of up to
+/// `ARGV[20]` bytes comes whole and the index is empty; a larger one comes
+/// as its index (the `hw` entries) and is read in ranges with
+/// [`HISTORY_RANGE`], so that no single call keeps Redis busy for long.
 pub const JOIN: &str = r#"
 local sid, user, conn, node = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local creator_join = ARGV[10] == '1'
@@ -187,7 +191,28 @@ if name then m.d = name end
 redis.call('HSET', k.mem, user, cjson.encode(m))
 if ARGV[19] ~= '' then store_key(k, user, ARGV[19], m.d, m.j) end
 touch(sid, k)
-return { 'ok', kind, previous, mode, ret_opt(m.d), wk, redis.call('HGETALL', k.pk), redis.call('LRANGE', k.h, 0, -1) }
+local head = { 'ok', kind, previous, mode, ret_opt(m.d), wk, redis.call('HGETALL', k.pk) }
+if tonumber(redis.call('HGET', k.meta, 'hb') or '0') <= tonumber(ARGV[20]) then
+  table.insert(head, redis.call('LRANGE', k.h, 0, -1))
+  table.insert(head, {})
+else
+  table.insert(head, {})
+  table.insert(head, redis.call('LRANGE', k.hw, 0, -1))
+end
+return head
+"#;
+
+/// `ARGV[6]` session, `[7]` first and `[8]` last entry of a range of the
+/// history index (`hw`) a join answered. Answers `{'ok', messages}`: those
+/// of the range still held. History is only ever trimmed at its head, so
+/// when the first entry is gone the range starts at the head, and when the
+/// last is gone nothing of the range is left.
+pub const HISTORY_RANGE: &str = r#"
+local k = skeys(ARGV[6])
+local last = redis.call('LPOS', k.hw, ARGV[8])
+if not last then return { 'ok', {} } end
+local first = redis.call('LPOS', k.hw, ARGV[7]) or 0
+return { 'ok', redis.call('LRANGE', k.h, first, last) }
 "#;
 
 /// `ARGV[6]` session, `[7]` user, `[8]` socket. Answers `{'ok', public keys}`.

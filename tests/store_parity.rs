@@ -89,7 +89,20 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// As [`limits`], with a budget for all history smaller than one session's
+/// bound: `MAX_TOTAL_HISTORY_BYTES` decides what is dropped.
+fn tight_budget() -> Limits {
+    Limits {
+        max_total_history_bytes: 1_200,
+        ..limits()
+    }
+}
+
 async fn both_backends() -> (Store, Store) {
+    both_backends_with(limits()).await
+}
+
+async fn both_backends_with(limits: Limits) -> (Store, Store) {
     let settings = RedisSettings {
         url: format!("redis://127.0.0.1:{}", redis_server().port),
         tls_ca_file: None,
@@ -102,10 +115,10 @@ async fn both_backends() -> (Store, Store) {
         // (one or two messages each), as a large one would be.
         history_chunk_bytes: 600,
     };
-    let (redis, _driver) = connect(&settings, limits())
+    let (redis, _driver) = connect(&settings, limits.clone())
         .await
         .expect("connect to the test redis-server");
-    (Store::memory(limits()), Store::Redis(redis))
+    (Store::memory(limits), Store::Redis(redis))
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +196,44 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (suc.clone(), 0..USERS.len()).prop_map(|((s, u, c), sender)| Op::Download { s, u, c, sender }),
         2 => suc.prop_map(|(s, u, c)| Op::Leave { s, u, c }),
     ]
+}
+
+/// Two live group sessions (`s0`: u0 on c0 and u2 on c2; `s1`: u1 on c1
+/// and u2 on c3), then mostly messages from their members, joins that read
+/// the history back, and now and then any operation: enough history for
+/// `MAX_TOTAL_HISTORY_BYTES` to decide what is dropped.
+fn busy_sessions() -> impl Strategy<Value = Vec<Op>> {
+    let setup = busy_sessions_setup();
+    let members = prop_oneof![Just((0, 0, 0)), Just((0, 2, 2)), Just((1, 1, 1)), Just((1, 2, 3))];
+    let busy = prop_oneof![
+        6 => (members.clone(), proptest::option::of(0..MESSAGE_IDS.len()), any::<bool>())
+            .prop_map(|((s, u, c), id, original)| Op::Send { s, u, c, to: None, id, original }),
+        2 => members.prop_map(|(s, u, c)| Op::Join { s, u, c, creator: false, key: Some(0), password: None, mode: 0, pk: false, name: None }),
+        1 => op(),
+    ];
+    proptest::collection::vec(busy, 1..40).prop_map(move |ops| setup.iter().cloned().chain(ops).collect())
+}
+
+/// The two sessions of [`busy_sessions`], reserved and joined.
+fn busy_sessions_setup() -> Vec<Op> {
+    let mut setup = Vec::new();
+    for (s, creator, creator_conn, conn) in [(0, 0, 0, 2), (1, 1, 1, 3)] {
+        setup.push(Op::Reserve { s, key: 0, mode: 0 });
+        for (u, c, is_creator) in [(creator, creator_conn, true), (2, conn, false)] {
+            setup.push(Op::Join {
+                s,
+                u,
+                c,
+                creator: is_creator,
+                key: Some(0),
+                password: None,
+                mode: 0,
+                pk: true,
+                name: None,
+            });
+        }
+    }
+    setup
 }
 
 fn sid(i: usize) -> SessionId {
@@ -336,8 +387,8 @@ async fn apply(store: &Store, op: &Op, now: u64) -> Value {
     }
 }
 
-async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let (memory, redis) = both_backends().await;
+async fn run(ops: Vec<Op>, limits: Limits) -> Result<(), TestCaseError> {
+    let (memory, redis) = both_backends_with(limits).await;
     for (step, op) in ops.iter().enumerate() {
         let now = 1_700_000_000_000 + step as u64;
         let expected = apply(&memory, op, now).await;
@@ -355,6 +406,11 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         redis.session_count().await.unwrap(),
     );
     prop_assert_eq!(r, m, "session counts differ");
+    let (m, r) = (
+        memory.stats().await.unwrap().history_bytes,
+        redis.stats().await.unwrap().history_bytes,
+    );
+    prop_assert_eq!(r, m, "history bytes of all sessions differ");
     Ok(())
 }
 
@@ -363,7 +419,12 @@ proptest! {
 
     #[test]
     fn redis_backend_answers_every_operation_as_the_embedded_one(ops in proptest::collection::vec(op(), 1..60)) {
-        runtime().block_on(run(ops))?;
+        runtime().block_on(run(ops, limits()))?;
+    }
+
+    #[test]
+    fn redis_backend_keeps_the_global_history_budget_as_the_embedded_one(ops in busy_sessions()) {
+        runtime().block_on(run(ops, tight_budget()))?;
     }
 }
 
@@ -478,5 +539,40 @@ fn a_history_range_keeps_what_is_still_held_when_the_head_was_trimmed() {
         // Trimmed past its last entry: nothing of the range is left.
         assert_eq!(range("10|m0", "10|m1").await, Vec::<String>::new());
         assert_eq!(range("10|m5", "10|m5").await, ["m5"]);
+    });
+}
+
+/// Evicting a session takes its history out of the global budget.
+#[test]
+fn evicted_sessions_leave_the_global_history_budget() {
+    runtime().block_on(async {
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(1),
+            member_timeout: Duration::from_millis(1),
+            ..tight_budget()
+        };
+        let (_, store) = both_backends_with(limits).await;
+        let setup = busy_sessions_setup();
+        for (step, op) in setup.iter().enumerate() {
+            apply(&store, op, 1_700_000_000_000 + step as u64).await;
+        }
+        for (step, (s, u, c)) in [(0, 0, 0), (1, 1, 1), (1, 2, 3)].into_iter().enumerate() {
+            let op = Op::Send {
+                s,
+                u,
+                c,
+                to: None,
+                id: None,
+                original: false,
+            };
+            let sent = apply(&store, &op, 1_700_000_000_100 + step as u64).await;
+            assert_eq!(sent["new"], true, "{sent}");
+        }
+        assert!(store.stats().await.unwrap().history_bytes > 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let swept = store.sweep().await.unwrap();
+        assert!(swept.evicted > 0);
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.sessions, stats.history_bytes), (0, 0));
     });
 }

@@ -347,8 +347,15 @@ impl MemoryStore {
         let budget = self.shared.limits.max_total_history_bytes;
         let total = &self.shared.total_history_bytes;
         while total.load(Ordering::Relaxed) > budget {
-            let sessions: Vec<_> = read(&self.shared.sessions).values().cloned().collect();
-            let Some(largest) = sessions.iter().max_by_key(|s| lock(s).history_bytes) else {
+            let sessions: Vec<_> = read(&self.shared.sessions)
+                .iter()
+                .map(|(id, s)| (id.clone(), s.clone()))
+                .collect();
+            // Ties go to the greatest id, as in the Redis store.
+            let Some((_, largest)) = sessions
+                .iter()
+                .max_by(|(a, x), (b, y)| (lock(x).history_bytes, a).cmp(&(lock(y).history_bytes, b)))
+            else {
                 return;
             };
             let mut s = lock(largest);

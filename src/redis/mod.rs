@@ -423,15 +423,18 @@ impl RedisStore {
         pipe.cmd("ZCARD")
             .arg(self.key("sessions"))
             .cmd("SCARD")
-            .arg(self.node_members_key(&self.inner.node));
+            .arg(self.node_members_key(&self.inner.node))
+            .cmd("GET")
+            .arg(self.key("hbtotal"));
         self.gate()?;
         let mut conn = self.inner.conn.clone();
-        let (sessions, members): (usize, usize) = self.bounded(pipe.query_async(&mut conn)).await?;
+        let (sessions, members, history_bytes): (usize, usize, Option<usize>) =
+            self.bounded(pipe.query_async(&mut conn)).await?;
         Ok(StoreStats {
             sessions,
             sessions_by_mode: Vec::new(),
             members,
-            history_bytes: 0,
+            history_bytes: history_bytes.unwrap_or(0),
         })
     }
 
@@ -707,7 +710,8 @@ impl RedisStore {
                     .arg(stored)
                     .arg(message.weight())
                     .arg(limits.max_history_messages)
-                    .arg(limits.max_history_bytes);
+                    .arg(limits.max_history_bytes)
+                    .arg(limits.max_total_history_bytes);
             })
             .await?;
         let is_new = r.string() == "1";

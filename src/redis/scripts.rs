@@ -11,6 +11,8 @@
 //! |---|---|---|
 //! | `P:sessions` | zset | every session id, scored by creation time (ms) |
 //! | `P:idle` | zset | every session id, scored by its eviction deadline (ms) |
+//! | `P:hbytes` | zset | session id → its history bytes (`hb`), for `MAX_TOTAL_HISTORY_BYTES` |
+//! | `P:hbtotal` | string | the sum of `P:hbytes`: history bytes of all sessions |
 //! | `P:s:{id}` | hash | `mode`, `key` and `pw` digests (hex), `reserved`, `creator`, `wk` (wrapped keys, JSON), `ks` (key order counter), `hb` (history bytes) |
 //! | `P:s:{id}:m` | hash | user id → member `{c: socket id, n: node id, j: joined at, d: display name}` |
 //! | `P:s:{id}:k` | hash | user id → `<order>|<public key entry JSON>` |
@@ -41,10 +43,23 @@ local MEMBER_MS = tonumber(ARGV[4])
 local MARGIN_MS = tonumber(ARGV[5])
 local SESSIONS = P .. ':sessions'
 local IDLE = P .. ':idle'
+local HBYTES = P .. ':hbytes'
+local HBTOTAL = P .. ':hbtotal'
 
 local function skeys(sid)
   local b = P .. ':s:{' .. sid .. '}'
   return { meta = b, mem = b .. ':m', pk = b .. ':k', h = b .. ':h', hw = b .. ':hw', hi = b .. ':hi' }
+end
+
+-- Drops the session's oldest message; answers its weight.
+local function pop_oldest(k)
+  redis.call('LPOP', k.h)
+  local old = redis.call('LPOP', k.hw)
+  local bar = string.find(old, '|', 1, true)
+  local w = tonumber(string.sub(old, 1, bar - 1))
+  redis.call('HINCRBY', k.meta, 'hb', -w)
+  redis.call('SREM', k.hi, string.sub(old, bar + 1))
+  return w
 end
 
 local function node_members(node)
@@ -257,7 +272,9 @@ return { 'ok' }
 /// `ARGV[6]` session, `[7]` user, `[8]` socket, `[9]` recipient (optional;
 /// absent = every other member), `[10]` message id, `[11]` message JSON
 /// without `senderDisplayName`, `[12]` its weight, `[13]`
-/// MAX_HISTORY_MESSAGES, `[14]` MAX_HISTORY_BYTES.
+/// MAX_HISTORY_MESSAGES, `[14]` MAX_HISTORY_BYTES, `[15]`
+/// MAX_TOTAL_HISTORY_BYTES: past it, the oldest messages of the largest
+/// sessions (ties: the greatest id) go first, as in the embedded store.
 ///
 /// Answers `{'ok', '1' when new, recipient socket or '', display name}`.
 pub const SEND_MESSAGE: &str = r#"
@@ -288,12 +305,25 @@ if redis.call('SISMEMBER', k.hi, id) == 0 then
   local len = redis.call('LLEN', k.h)
   local max_n, max_b = tonumber(ARGV[13]), tonumber(ARGV[14])
   while len > 0 and (len > max_n or hb > max_b) do
-    redis.call('LPOP', k.h)
-    local old = redis.call('LPOP', k.hw)
-    local bar = string.find(old, '|', 1, true)
-    hb = redis.call('HINCRBY', k.meta, 'hb', -tonumber(string.sub(old, 1, bar - 1)))
-    redis.call('SREM', k.hi, string.sub(old, bar + 1))
+    hb = hb - pop_oldest(k)
     len = len - 1
+  end
+  -- The session's share of the global budget (a session from before the
+  -- budget was kept in Redis enters it whole).
+  local counted = tonumber(redis.call('ZSCORE', HBYTES, sid) or '0')
+  redis.call('ZADD', HBYTES, hb, sid)
+  local total = redis.call('INCRBY', HBTOTAL, hb - counted)
+  local budget = tonumber(ARGV[15])
+  while total > budget do
+    local largest = redis.call('ZREVRANGE', HBYTES, 0, 0)[1]
+    if not largest then break end
+    local lk = skeys(largest)
+    if redis.call('LLEN', lk.h) == 0 then break end
+    while total > budget and redis.call('LLEN', lk.h) > 0 do
+      local freed = pop_oldest(lk)
+      redis.call('ZINCRBY', HBYTES, -freed, largest)
+      total = redis.call('INCRBY', HBTOTAL, -freed)
+    end
   end
 end
 touch(sid, k)
@@ -375,6 +405,11 @@ end
 redis.call('DEL', k.meta, k.mem, k.pk, k.h, k.hw, k.hi)
 redis.call('ZREM', IDLE, sid)
 redis.call('ZREM', SESSIONS, sid)
+local counted = redis.call('ZSCORE', HBYTES, sid)
+if counted then
+  redis.call('ZREM', HBYTES, sid)
+  redis.call('INCRBY', HBTOTAL, -tonumber(counted))
+end
 return { 'ok', conns }
 "#;
 

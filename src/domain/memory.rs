@@ -354,7 +354,8 @@ impl MemoryStore {
             // Ties go to the greatest id, as in the Redis store.
             let Some((_, largest)) = sessions
                 .iter()
-                .max_by(|(a, x), (b, y)| (lock(x).history_bytes, a).cmp(&(lock(y).history_bytes, b)))
+                // One session lock at a time: the key is taken per session.
+                .max_by_key(|(id, s)| (lock(s).history_bytes, id.clone()))
             else {
                 return;
             };

@@ -51,8 +51,8 @@ export E2E_SERVER_BIN="$root/target/release/e2e-chat-server"
 "$E2E_SERVER_BIN" --version
 
 # --- suites --------------------------------------------------------------------
-say "Rust tests"
-cargo test --locked
+say "Rust tests (with the fault-injection hooks of the test-hooks feature)"
+cargo test --locked --features test-hooks
 
 say "wire-compatibility suite (socket.io-client 4.8)"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && node --test)

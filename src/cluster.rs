@@ -18,19 +18,17 @@ use socketioxide::SocketIo;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::store::Departures;
 use crate::domain::Unavailable;
-
-use crate::redis::driver::ManagedDriver;
-use crate::redis::{LeaveBy, RedisStore};
-use crate::socket::{announce_departures, cut_off, local_socket};
+use crate::store::redis::driver::ManagedDriver;
+use crate::store::{Departures, RedisStore};
+use crate::socket::relay::{cut_off, Relay};
 
 /// Registers this node: members left in Redis by an earlier run under the
 /// same `NODE_ID` are removed (and their departures announced), then the
 /// first heartbeat is written.
 pub async fn join<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) -> anyhow::Result<()> {
     let stale = store
-        .remove_node_members(None)
+        .remove_local_members()
         .await
         .map_err(|_| anyhow::anyhow!("Redis (REDIS_URL) stopped answering during start-up"))?;
     if !stale.is_empty() {
@@ -38,7 +36,7 @@ pub async fn join<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) -> anyhow::R
             sessions = stale.len(),
             "removed members left by an earlier run of this NODE_ID"
         );
-        announce_departures(io, stale).await;
+        Relay::new(io.clone(), true).announce_departures(stale).await;
     }
     store
         .heartbeat()
@@ -113,7 +111,7 @@ async fn duties<A: Adapter>(
             continue;
         }
         if let Ok(departed) = store.reap_dead_nodes().await {
-            announce_departures(io, departed).await;
+            Relay::new(io.clone(), true).announce_departures(departed).await;
         }
     }
 }
@@ -144,13 +142,10 @@ async fn reconcile<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) {
     };
     let mut departed = Vec::new();
     for (session, user, conn) in members {
-        if local_socket(io, &conn).is_some() {
+        if Relay::new(io.clone(), true).local_socket(&conn).is_some() {
             continue;
         }
-        if let Ok(left) = store
-            .leave_as(&session, &user, &conn, LeaveBy::Reconciliation, "")
-            .await
-        {
+        if let Ok(left) = store.reconcile_leave(&session, &user, &conn).await {
             departed.push(Departures {
                 session,
                 members: vec![(user, left.display_name, conn)],
@@ -163,7 +158,7 @@ async fn reconcile<A: Adapter>(store: &RedisStore, io: &SocketIo<A>) {
             members = departed.len(),
             "removed members whose sockets closed while Redis was lost"
         );
-        announce_departures(io, departed).await;
+        Relay::new(io.clone(), true).announce_departures(departed).await;
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 /// What happens to the plaintext `originalContent` the stock client sends
-/// beside each ciphertext (see CONTRACT.md, `send-message`).
+/// beside each ciphertext (see docs/PROTOCOL.md, `send-message`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OriginalContent {
     /// Echoed back to its author in that call's `message-sent` only.
@@ -197,9 +197,9 @@ pub struct Config {
     /// `SHUTDOWN_DRAIN_SECS`: on SIGTERM, how long `/ready` answers 503 while
     /// everything is still served, so a load balancer can take the node out.
     pub shutdown_drain: Duration,
-    /// Test hook, never read from the environment: an event name whose
-    /// handler panics inside a store lock.
-    #[doc(hidden)]
+    /// Test hook (`--features test-hooks`), never read from the environment:
+    /// an event name whose handler panics inside a store lock.
+    #[cfg(feature = "test-hooks")]
     pub test_panic_event: Option<String>,
 }
 
@@ -246,6 +246,7 @@ impl Default for Config {
             key_rate_per_min: 600,
             metrics_addr: Some(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
             shutdown_drain: Duration::ZERO,
+            #[cfg(feature = "test-hooks")]
             test_panic_event: None,
         }
     }
@@ -362,6 +363,7 @@ impl Config {
                 },
             )?,
             shutdown_drain: Duration::from_secs(env.parse("SHUTDOWN_DRAIN_SECS", 1u64)?),
+            #[cfg(feature = "test-hooks")]
             test_panic_event: None,
         };
         if config.max_payload_bytes > u64::from(u32::MAX) {

@@ -1,4 +1,4 @@
-//! The background sweep that evicts idle sessions (CONTRACT.md section 4).
+//! The background sweep that evicts idle sessions (docs/PROTOCOL.md section 4).
 
 use std::sync::Arc;
 
@@ -7,9 +7,9 @@ use socketioxide::SocketIo;
 use tokio::time::{self, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::Store;
+use crate::store::Store;
 use crate::limits::IpLimiter;
-use crate::socket::announce_expired;
+use crate::socket::relay::Relay;
 
 /// Sweeps every `interval` until `stop` is cancelled. Members of a session
 /// evicted while they are still connected are told `SESSION_EXPIRED` and
@@ -40,7 +40,7 @@ pub async fn run<A: Adapter>(
             crate::metrics::evicted("idle", sweep.evicted.saturating_sub(with_members));
             crate::metrics::evicted("expired", with_members);
         }
-        announce_expired(&io, store.is_shared(), sweep.expired).await;
+        Relay::new(io.clone(), store.is_shared()).announce_expired(sweep.expired).await;
     }
 }
 
@@ -48,8 +48,8 @@ pub async fn run<A: Adapter>(
 mod tests {
     use std::time::Duration;
 
-    use crate::domain::store::{JoinRequest, Limits};
-    use crate::domain::MemoryStore as Store;
+    use crate::store::{JoinRequest, Limits};
+    use crate::store::MemoryStore as Store;
     use crate::domain::{ChatMode, ConnId, SessionId, UserId};
 
     fn store() -> Store {

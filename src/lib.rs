@@ -13,9 +13,9 @@ pub mod http;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
-pub mod redis;
 pub mod server;
 pub mod socket;
+pub mod store;
 
 pub use config::{AllowedOrigins, Config, LogFormat, OriginalContent};
 pub use server::{RunningServer, Server};

@@ -31,6 +31,28 @@ impl Rate {
         }
     }
 
+    /// As [`Rate::per_minute`], where the setting's `0` means no limit.
+    pub fn per_minute_or_unlimited(per_min: u32) -> Self {
+        if per_min == 0 {
+            Self::UNLIMITED
+        } else {
+            Self::per_minute(per_min)
+        }
+    }
+
+    /// `per_sec` per second with a burst of `burst`, where the setting's `0`
+    /// means no limit.
+    pub fn per_second_or_unlimited(per_sec: u32, burst: u32) -> Self {
+        if per_sec == 0 {
+            Self::UNLIMITED
+        } else {
+            Self {
+                per_sec: f64::from(per_sec),
+                burst: f64::from(burst),
+            }
+        }
+    }
+
     pub fn is_unlimited(&self) -> bool {
         self.per_sec <= 0.0
     }

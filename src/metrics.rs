@@ -21,7 +21,7 @@ use socketioxide::{SocketIo, TransportType};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::Store;
+use crate::store::Store;
 
 /// Buckets of `chat_event_duration_seconds`: from 50 µs to 1 s.
 const EVENT_DURATION_BUCKETS: [f64; 12] = [

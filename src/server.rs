@@ -22,15 +22,15 @@ use tower_http::trace::TraceLayer;
 
 use crate::cluster;
 use crate::config::{AllowedOrigins, Config};
-use crate::domain::store::{Departures, Limits};
-use crate::domain::Store;
+use crate::store::{Departures, Limits, Store};
 use crate::eviction;
-use crate::http::killable::Kill;
-use crate::http::serve::{self, Frontdoor, ServeLimits};
+use crate::http::cutoff::CutOff;
+use crate::http::serve::{self, RequestRouter, ServeLimits};
 use crate::http::{self, HttpState, Readiness};
 use crate::limits::{IpLimiter, Rate};
-use crate::redis::driver::ManagedDriver;
-use crate::redis::{RedisSettings, RedisStore};
+use crate::store::redis::driver::ManagedDriver;
+use crate::store::redis::{RedisSettings, RedisStore};
+use crate::socket::relay::Relay;
 use crate::socket::{self, App, ClusterAdapter};
 
 /// How long shutdown waits for sockets' departures to be handled.
@@ -110,9 +110,9 @@ impl Server {
             node_timeout: config.node_timeout,
             store_timeout: config.store_timeout,
             cleanup_interval: config.cleanup_interval,
-            history_chunk_bytes: crate::redis::HISTORY_CHUNK_BYTES,
+            history_chunk_bytes: crate::store::redis::HISTORY_CHUNK_BYTES,
         };
-        let (redis, driver) = crate::redis::connect(&settings, limits).await?;
+        let (redis, driver) = crate::store::redis::connect(&settings, limits).await?;
         let store = Store::Redis(redis.clone());
         let app = App::new(&config, store.clone(), workers.clone());
         let adapter = RedisAdapterCtr::new_with_driver(
@@ -166,10 +166,10 @@ impl<A: Adapter> Assembly<A> {
             cluster,
         } = self;
         let readiness = Readiness::default();
-        let reservations = Arc::new(IpLimiter::new(per_minute_or_unlimited(
+        let reservations = Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(
             config.reserve_rate_per_ip,
         )));
-        let handshakes = Arc::new(IpLimiter::new(per_minute_or_unlimited(
+        let handshakes = Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(
             config.handshake_rate_per_ip,
         )));
         let api = http::router(HttpState {
@@ -181,7 +181,7 @@ impl<A: Adapter> Assembly<A> {
             readiness: readiness.clone(),
         })
         .layer(TraceLayer::new_for_http());
-        let frontdoor = Frontdoor {
+        let router = RequestRouter {
             socket_io: service,
             io: io.clone(),
             api,
@@ -205,7 +205,7 @@ impl<A: Adapter> Assembly<A> {
         };
         let http = tokio::spawn(serve::serve(
             listener,
-            frontdoor,
+            router,
             cors(&config.client_origins),
             limits,
             stop.clone(),
@@ -263,7 +263,7 @@ trait SocketLayer: Send + Sync {
 
 impl<A: Adapter> SocketLayer for SocketIo<A> {
     fn announce(&self, departures: Vec<Departures>) -> BoxFuture<'_, ()> {
-        Box::pin(socket::announce_departures(self, departures))
+        Box::pin(async move { Relay::new(self.clone(), false).announce_departures(departures).await })
     }
 
     fn disconnect_all(&self) -> BoxFuture<'_, ()> {
@@ -272,14 +272,14 @@ impl<A: Adapter> SocketLayer for SocketIo<A> {
             let mut closing = Vec::new();
             for socket in self.local().sockets() {
                 let websocket = socket.transport_type() == TransportType::Websocket;
-                let kill = socket.req_parts().extensions.get::<Kill>().cloned();
+                let cutoff = socket.req_parts().extensions.get::<CutOff>().cloned();
                 let told = socket.clone().disconnect().is_ok();
-                match kill {
+                match cutoff {
                     // Its disconnect packet is queued: the WebSocket is
                     // closed once the packet is written.
-                    Some(kill) if websocket && told => closing.push(kill.finish(queued_since)),
+                    Some(cutoff) if websocket && told => closing.push(cutoff.finish(queued_since)),
                     // No room left in its buffer: it stopped reading.
-                    Some(kill) if !told => kill.kill(),
+                    Some(cutoff) if !told => cutoff.cut(),
                     // Polling: the packet goes out with the pending poll,
                     // which the HTTP shutdown lets finish.
                     _ => {}
@@ -312,14 +312,6 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-fn per_minute_or_unlimited(per_min: u32) -> Rate {
-    if per_min == 0 {
-        Rate::UNLIMITED
-    } else {
-        Rate::per_minute(per_min)
-    }
-}
-
 impl RunningServer {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
@@ -347,7 +339,7 @@ impl RunningServer {
         for task in self.background {
             let _ = task.await;
         }
-        match self.store.remove_own_members().await {
+        match self.store.remove_local_members().await {
             Ok(departures) => self.sockets.announce(departures).await,
             Err(_) => tracing::warn!(
                 "Redis unavailable at shutdown: the other nodes will remove this node's members \
@@ -360,7 +352,7 @@ impl RunningServer {
             tracing::warn!("some sockets were still busy at shutdown");
         }
         // Joins handled while the sockets were closing re-added members.
-        if let Ok(late) = self.store.remove_own_members().await {
+        if let Ok(late) = self.store.remove_local_members().await {
             self.sockets.announce(late).await;
         }
         self.sockets.close().await;

@@ -1655,6 +1655,8 @@ async fn sigterm_with_live_sessions_tells_every_client_and_exits_zero_within_5s(
 // ---------------------------------------------------------------------------
 // A panic inside a handler
 
+// Needs the fault-injection hook: `cargo test --features test-hooks` (scripts/test.sh).
+#[cfg(feature = "test-hooks")]
 #[tokio::test]
 async fn a_panic_inside_a_handler_neither_stops_the_server_nor_poisons_the_store() {
     let _serial = serial().await;

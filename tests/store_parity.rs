@@ -14,9 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use e2e_chat_server::domain::store::{JoinKind, JoinRequest, Joined, Limits, Outgoing, Route, Store};
+use e2e_chat_server::store::{JoinKind, JoinRequest, Joined, Limits, NewMessage, Route, Store};
 use e2e_chat_server::domain::{ChatMode, ConnId, Message, PublicKeyEntry, SessionId, UserId};
-use e2e_chat_server::redis::{connect, RedisSettings};
+use e2e_chat_server::store::redis::{connect, RedisSettings};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -329,7 +329,7 @@ async fn apply(store: &Store, op: &Op, now: u64) -> Value {
             id,
             original,
         } => {
-            let out = Outgoing {
+            let out = NewMessage {
                 to: to.map(|t| USERS.get(t).copied().unwrap_or("all").into()),
                 encrypted: json!({ "c": format!("ciphertext {now} {}", "x".repeat(now as usize % 700)) }),
                 original_content: original.then(|| json!("plain")),
@@ -380,9 +380,11 @@ async fn apply(store: &Store, op: &Op, now: u64) -> Value {
                 Err(e) => err(e.code()),
             }
         }
-        Op::Leave { s, u, c } => match store.leave(&sid(s), &uid(u), &conn(c)).await {
-            Ok(left) => json!({ "left": left.display_name, "keys": keys(&left.public_keys) }),
-            Err(e) => err(e.code()),
+        // A leave or disconnect: `None` is the backends' NOT_IN_SESSION.
+        Op::Leave { s, u, c } => match store.depart(&sid(s), &uid(u), &conn(c)).await {
+            Ok(Some(left)) => json!({ "left": left.display_name, "keys": keys(&left.public_keys) }),
+            Ok(None) => err("NOT_IN_SESSION"),
+            Err(_) => err("STORE_UNAVAILABLE"),
         },
     }
 }
@@ -480,7 +482,7 @@ fn concurrent_joins_for_the_last_seat_admit_exactly_one() {
 /// is gone starts at the head; one whose last entry is gone is empty.
 #[test]
 fn a_history_range_keeps_what_is_still_held_when_the_head_was_trimmed() {
-    use e2e_chat_server::redis::scripts::{HISTORY_RANGE, PRELUDE};
+    use e2e_chat_server::store::redis::scripts::{HISTORY_RANGE, PRELUDE};
     runtime().block_on(async {
         let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis_server().port)).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();

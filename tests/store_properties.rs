@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use e2e_chat_server::domain::store::{JoinKind, JoinRequest, Limits, Outgoing, Route};
-use e2e_chat_server::domain::MemoryStore as Store;
+use e2e_chat_server::store::{JoinKind, JoinRequest, Limits, NewMessage, Route};
+use e2e_chat_server::store::MemoryStore as Store;
 use e2e_chat_server::domain::{ChatMode, ConnId, EventError, JoinError, SessionId, UserId};
 use proptest::prelude::*;
 use serde_json::json;
@@ -447,7 +447,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     t if t == USERS.len() => "all".to_string(),
                     _ => "nobody".to_string(),
                 });
-                let out = Outgoing {
+                let out = NewMessage {
                     to: to.clone().map(Into::into),
                     encrypted: json!("e".repeat(size)),
                     original_content: original.then(|| json!("plain")),
@@ -600,7 +600,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let c = CONNS[c];
                 if let Some((s, u)) = model.bindings.remove(c) {
                     let current = model.is_member(&s, &u, c);
-                    let left = store.disconnect(&sid(&s), &uid(&u), &ConnId::new(c));
+                    let left = store.depart(&sid(&s), &uid(&u), &ConnId::new(c));
                     // A member that rejoined from a newer socket is never removed by the old one.
                     prop_assert_eq!(left.is_some(), current, "{}: disconnect of ({}, {})", at(), s, u);
                     if current {
@@ -625,7 +625,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(&got, &expected, "{}", at());
             }
             Op::RemoveAllMembers => {
-                let departures = store.remove_all_members();
+                let departures = store.remove_local_members();
                 let got: BTreeMap<String, BTreeSet<(String, String)>> = departures
                     .into_iter()
                     .map(|d| {

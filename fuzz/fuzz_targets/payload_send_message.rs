@@ -2,7 +2,7 @@
 //! worker's checks, then the store call (three times, to reach the history bounds).
 #![no_main]
 
-use e2e_chat_server::domain::store::{Outgoing, Route};
+use e2e_chat_server::store::{NewMessage, Route};
 use e2e_chat_server::domain::EventError;
 use e2e_chat_server::socket::payloads::{SendMessage, MAX_CLIENT_MESSAGE_ID_LEN, MAX_TYPE_LEN};
 use e2e_chat_server_fuzz::{check, seeded, session_of, speaker};
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let store = seeded();
     for round in 0..3u64 {
-        let out = Outgoing {
+        let out = NewMessage {
             to: p.to.clone().map(Into::into),
             encrypted: encrypted.clone(),
             original_content: p.original_content.clone(),

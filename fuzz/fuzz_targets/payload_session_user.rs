@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(_) => assert_eq!(members_after + 1, members_before),
             Err(_) => assert_eq!(members_after, members_before),
         }
-        assert!(store.disconnect(&session, user, &c).is_none(), "left twice");
+        assert!(store.depart(&session, user, &c).is_none(), "left twice");
         check(&store);
     }
 });

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use e2e_chat_server::domain::store::{JoinKind, JoinRequest, Outgoing};
-use e2e_chat_server::domain::MemoryStore as Store;
+use e2e_chat_server::store::{JoinKind, JoinRequest, NewMessage};
+use e2e_chat_server::store::MemoryStore as Store;
 use e2e_chat_server::domain::{ChatMode, ConnId, SessionId, UserId};
 use e2e_chat_server_fuzz::{check, conn, limits, sid, uid};
 use libfuzzer_sys::fuzz_target;
@@ -177,7 +177,7 @@ fn run(ops: Vec<Op>) {
                                 assert_eq!(*previous, p);
                                 assert_ne!(p, c);
                                 // The old socket's disconnect must not remove the member.
-                                assert!(ctx.store.disconnect(&s, &u, &p).is_none());
+                                assert!(ctx.store.depart(&s, &u, &p).is_none());
                                 assert_eq!(ctx.member_count(&s), before);
                             }
                             (kind, previous) => panic!("join kind {kind:?} with model {previous:?}"),
@@ -211,7 +211,7 @@ fn run(ops: Vec<Op>) {
                     uid(pick(&USERS, u)),
                     conn(pick(&CONNS, c)),
                 );
-                let out = Outgoing {
+                let out = NewMessage {
                     to: to.map(|t| {
                         if t % 5 == 4 {
                             "all".into()
@@ -312,7 +312,7 @@ fn run(ops: Vec<Op>) {
                 if let Some((s, u)) = ctx.bindings.remove(&c) {
                     let current = ctx.members.get(&(s.clone(), u.clone())) == Some(&c);
                     let before = ctx.member_count(&s);
-                    let removed = ctx.store.disconnect(&s, &u, &c).is_some();
+                    let removed = ctx.store.depart(&s, &u, &c).is_some();
                     // A member that rejoined from a newer socket stays.
                     assert_eq!(
                         removed, current,
@@ -329,7 +329,7 @@ fn run(ops: Vec<Op>) {
             Op::RemoveAllMembers => {
                 let departed: usize = ctx
                     .store
-                    .remove_all_members()
+                    .remove_local_members()
                     .iter()
                     .map(|d| d.members.len())
                     .sum();

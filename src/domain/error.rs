@@ -54,8 +54,12 @@ pub enum EventError {
     InvalidPayload(String),
     #[error("This socket has not joined that session.")]
     NotInSession,
-    #[error("{0}")]
-    NotAllowed(&'static str),
+    #[error("The user id does not match the joined user.")]
+    UserMismatch,
+    #[error("Only group sessions have a session key.")]
+    NotGroupSession,
+    #[error("Only the session's creator may set its key.")]
+    NotCreator,
     #[error("The recipient is not a member of this session.")]
     UnknownRecipient,
     #[error("Unknown event.")]
@@ -70,7 +74,7 @@ impl EventError {
         match self {
             Self::InvalidPayload(_) => "INVALID_PAYLOAD",
             Self::NotInSession => "NOT_IN_SESSION",
-            Self::NotAllowed(_) => "NOT_ALLOWED",
+            Self::UserMismatch | Self::NotGroupSession | Self::NotCreator => "NOT_ALLOWED",
             Self::UnknownRecipient => "UNKNOWN_RECIPIENT",
             Self::UnknownEvent => "UNKNOWN_EVENT",
             Self::StoreUnavailable => STORE_UNAVAILABLE,

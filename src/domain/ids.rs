@@ -4,12 +4,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use super::secret::SecretDigest;
 
 /// Longest accepted session id; ids are `[A-Za-z0-9_-]{1,64}`.
 pub const MAX_SESSION_ID_LEN: usize = 64;
 /// Longest accepted user id (the stock client sends a 36-character UUID).
 pub const MAX_USER_ID_LEN: usize = 128;
+/// Longest `authKey` accepted, by reservations and joins alike (and so the
+/// longest key suffix or room password of a wire `sessionId`).
+pub const MAX_AUTH_KEY_LEN: usize = 512;
 
 /// A session id, without any `:`-suffix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -32,8 +35,7 @@ impl SessionId {
 
     /// A short stable tag for logs: the id itself is half of a session link.
     pub fn log_tag(&self) -> String {
-        let digest = Sha256::digest(self.0.as_bytes());
-        digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+        SecretDigest::of(&self.0).short_hex(4)
     }
 }
 
@@ -128,7 +130,7 @@ pub struct SessionRef<'a> {
 }
 
 impl<'a> SessionRef<'a> {
-    /// Splits a wire `sessionId` as CONTRACT.md section 3 says.
+    /// Splits a wire `sessionId` as docs/PROTOCOL.md section 3 says.
     pub fn split(raw: &'a str) -> Self {
         let Some((id, rest)) = raw.split_once(':') else {
             return Self {

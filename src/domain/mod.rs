@@ -1,18 +1,18 @@
-//! The chat domain: sessions, members, keys and history, with no transport
-//! types. Handlers parse the wire into these types and turn the outcomes of
-//! [`store::Store`] methods into emits.
+//! The chat domain: identifiers, messages, refusals and the contract's pure
+//! rules, with no transport and no storage types. The store layer
+//! ([`crate::store`]) applies these rules in each backend; the socket layer
+//! parses the wire into these types.
 
 pub mod error;
 pub mod ids;
-pub mod memory;
 pub mod message;
-pub mod store;
+pub mod rules;
+pub mod secret;
 
 pub use error::{EventError, JoinError, ReserveError, Unavailable};
 pub use ids::{ChatMode, ConnId, SessionId, UserId};
-pub use memory::MemoryStore;
-pub use message::{Message, PublicKeyEntry};
-pub use store::Store;
+pub use message::{Message, MessageView, PublicKeyEntry};
+pub use secret::SecretDigest;
 
 /// Milliseconds since the Unix epoch, the unit of every wire timestamp.
 pub fn epoch_ms() -> u64 {

@@ -2,7 +2,7 @@
 //! answers for everything else.
 
 pub mod error;
-pub mod killable;
+pub mod cutoff;
 pub mod serve;
 
 use std::sync::Arc;
@@ -18,15 +18,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::domain::{epoch_ms, ChatMode, ReserveError, SessionId, Store};
+use crate::domain::ids::MAX_AUTH_KEY_LEN;
+use crate::domain::{epoch_ms, ChatMode, ReserveError, SessionId};
+use crate::store::Store;
 use crate::limits::IpLimiter;
 pub use error::ApiError;
 use serve::ClientIp;
 
 /// Largest request body the API reads (a reservation is well under 1 KiB).
 pub const MAX_API_BODY_BYTES: usize = 16 * 1024;
-/// Longest `authKey` a reservation takes.
-const MAX_AUTH_KEY_LEN: usize = 512;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -163,7 +163,9 @@ async fn reserve_session(
     let auth_key = auth_key
         .as_str()
         .filter(|k| k.len() <= MAX_AUTH_KEY_LEN)
-        .ok_or_else(|| ApiError::BadRequest("authKey must be a string of at most 512 characters".into()))?;
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("authKey must be a string of at most {MAX_AUTH_KEY_LEN} characters"))
+        })?;
     let mode = match body.chat_mode {
         None | Some(Value::Null) => ChatMode::Group,
         Some(m) => m

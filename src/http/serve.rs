@@ -1,11 +1,11 @@
-//! The accept loop and the front door every request passes.
+//! The accept loop and the request router every request passes.
 //!
 //! `axum::serve` has no header-read timeout (slowloris works against it) and
 //! no connection cap, so connections are served here with hyper directly:
 //! a semaphore caps open connections, HTTP/1 headers must arrive within
 //! `HEADER_READ_TIMEOUT_SECS`, and shutdown is graceful.
 //!
-//! The front door sends `/socket.io/` requests to socketioxide and the rest
+//! The request router sends `/socket.io/` requests to socketioxide and the rest
 //! to the API router. Socket.IO requests are checked (origin, handshake rate
 //! per IP) and then rebuilt from fresh copies of only the headers the engine
 //! needs: engineioxide keeps a socket's request parts for the socket's whole
@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_http::cors::CorsLayer;
 
-use super::killable::{Kill, KillableStream, Switch};
+use super::cutoff::{CutOff, CuttableStream, ConnectionSwitch};
 use crate::config::AllowedOrigins;
 use crate::limits::IpLimiter;
 
@@ -68,7 +68,7 @@ const ENGINE_HEADERS: [HeaderName; 9] = [
 pub struct ClientIp(pub IpAddr);
 
 /// Routes every request; cheap to clone.
-pub struct Frontdoor<A: Adapter> {
+pub struct RequestRouter<A: Adapter> {
     pub socket_io: SocketIoService<NotFoundService, A>,
     /// To find the session a WebSocket upgrade belongs to.
     pub io: SocketIo<A>,
@@ -79,7 +79,7 @@ pub struct Frontdoor<A: Adapter> {
 }
 
 // Not derived: the adapter type itself need not be `Clone`.
-impl<A: Adapter> Clone for Frontdoor<A> {
+impl<A: Adapter> Clone for RequestRouter<A> {
     fn clone(&self) -> Self {
         Self {
             socket_io: self.socket_io.clone(),
@@ -92,8 +92,8 @@ impl<A: Adapter> Clone for Frontdoor<A> {
     }
 }
 
-impl<A: Adapter> Frontdoor<A> {
-    async fn handle(self, peer: SocketAddr, conn: Switch, mut req: Request<Incoming>) -> Response<Body> {
+impl<A: Adapter> RequestRouter<A> {
+    async fn handle(self, peer: SocketAddr, conn: ConnectionSwitch, mut req: Request<Incoming>) -> Response<Body> {
         let ip = ClientIp(self.client_ip(&req, peer));
         if !req.uri().path().starts_with(SOCKET_IO_PATH) {
             req.extensions_mut().insert(ip);
@@ -120,17 +120,17 @@ impl<A: Adapter> Frontdoor<A> {
                 return res;
             }
         }
-        let kill = Kill::new(&conn);
+        let cutoff = CutOff::new(&conn);
         if let Some(sid) = upgraded_session(&req) {
             // The session now lives on this connection: cutting it off
             // must cut this one.
             if let Some(socket) = self.io.get_socket(sid) {
-                if let Some(session) = socket.req_parts().extensions.get::<Kill>() {
-                    session.upgraded_to(&kill);
+                if let Some(session) = socket.req_parts().extensions.get::<CutOff>() {
+                    session.upgraded_to(&cutoff);
                 }
             }
         }
-        let req = lean_request(req, ip, kill);
+        let req = lean_request(req, ip, cutoff);
         match self.socket_io.oneshot(req).await {
             Ok(res) => res.map(Body::new),
             Err(never) => match never {},
@@ -172,8 +172,8 @@ fn upgraded_session(req: &Request<Incoming>) -> Option<socketioxide::socket::Sid
 
 /// A copy of `req` with fresh copies of only the engine's headers, a copied
 /// URI, and no extension but hyper's upgrade handle, the client IP and the
-/// session's hold on its connection ([`Kill`]).
-fn lean_request(req: Request<Incoming>, ip: ClientIp, kill: Kill) -> Request<Incoming> {
+/// session's hold on its connection ([`CutOff`]).
+fn lean_request(req: Request<Incoming>, ip: ClientIp, cutoff: CutOff) -> Request<Incoming> {
     let (mut parts, body) = req.into_parts();
     let uri: Uri = parts.uri.to_string().parse().unwrap_or_default();
     let mut lean = Request::new(body);
@@ -191,7 +191,7 @@ fn lean_request(req: Request<Incoming>, ip: ClientIp, kill: Kill) -> Request<Inc
         lean.extensions_mut().insert(upgrade);
     }
     lean.extensions_mut().insert(ip);
-    lean.extensions_mut().insert(kill);
+    lean.extensions_mut().insert(cutoff);
     lean
 }
 
@@ -236,7 +236,7 @@ pub struct ServeLimits {
 /// Accepts connections until `stop`, then lets open ones finish for a moment.
 pub async fn serve<A: Adapter>(
     listener: TcpListener,
-    frontdoor: Frontdoor<A>,
+    router: RequestRouter<A>,
     cors: CorsLayer,
     limits: ServeLimits,
     stop: CancellationToken,
@@ -266,13 +266,13 @@ pub async fn serve<A: Adapter>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let door = frontdoor.clone();
+        let door = router.clone();
         let cors = cors.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             if opening_arrives(&stream, limits.header_read_timeout).await {
-                let (stream, conn) = KillableStream::new(stream);
+                let (stream, conn) = CuttableStream::new(stream);
                 let service = tower::ServiceBuilder::new()
                     .layer(cors)
                     .service(tower::service_fn(move |req| {

@@ -1,7 +1,7 @@
 //! Arrival-ordered delivery of a socket's events to its worker.
 //!
 //! socketioxide spawns a task per event, which reorders a socket's events
-//! (SOCKETIOXIDE-NOTES.md, point 1). Instead, [`Dispatch`] implements
+//! (docs/PROTOCOL.md, "Facts about the stack", point 1). Instead, [`Dispatch`] implements
 //! socketioxide's `MessageHandler` directly and is registered as the
 //! socket's only (fallback) handler: it runs synchronously when a packet
 //! arrives, decodes the payload by event name there, and pushes the result
@@ -18,6 +18,7 @@ use socketioxide::handler::{FromMessageParts, MessageHandler, Value};
 use socketioxide::socket::Socket;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
+use super::events::incoming;
 use super::payloads;
 
 /// Events one socket may have waiting. Generous: a pasted list of a couple
@@ -67,15 +68,15 @@ impl<A: Adapter> MessageHandler<A, ()> for Dispatch {
             ack_id: &ack_id,
         };
         let command = match event.as_str() {
-            "join-session" => decode.command("join-session", Command::Join),
-            "send-message" => decode.command("send-message", Command::SendMessage),
-            "get-public-keys" => decode.command("get-public-keys", Command::GetPublicKeys),
-            "save-public-key" => decode.command("save-public-key", Command::SavePublicKey),
-            "set-session-key" => decode.command("set-session-key", Command::SetSessionKey),
-            "file-downloaded" => decode.command("file-downloaded", Command::FileDownloaded),
-            "typing" => decode.command("typing", Command::Typing),
-            "stopped-typing" => decode.command("stopped-typing", Command::StoppedTyping),
-            "leave-session" => decode.command("leave-session", Command::Leave),
+            incoming::JOIN_SESSION => decode.command(incoming::JOIN_SESSION, Command::Join),
+            incoming::SEND_MESSAGE => decode.command(incoming::SEND_MESSAGE, Command::SendMessage),
+            incoming::GET_PUBLIC_KEYS => decode.command(incoming::GET_PUBLIC_KEYS, Command::GetPublicKeys),
+            incoming::SAVE_PUBLIC_KEY => decode.command(incoming::SAVE_PUBLIC_KEY, Command::SavePublicKey),
+            incoming::SET_SESSION_KEY => decode.command(incoming::SET_SESSION_KEY, Command::SetSessionKey),
+            incoming::FILE_DOWNLOADED => decode.command(incoming::FILE_DOWNLOADED, Command::FileDownloaded),
+            incoming::TYPING => decode.command(incoming::TYPING, Command::Typing),
+            incoming::STOPPED_TYPING => decode.command(incoming::STOPPED_TYPING, Command::StoppedTyping),
+            incoming::LEAVE_SESSION => decode.command(incoming::LEAVE_SESSION, Command::Leave),
             _ => Command::Unknown(Box::new(truncated(event, MAX_ECHOED_EVENT_LEN))),
         };
         push(&self.tx, s, command);
@@ -117,7 +118,7 @@ fn push<A: Adapter>(tx: &mpsc::Sender<Command>, s: Arc<Socket<A>>, command: Comm
         Err(TrySendError::Full(_)) => {
             tracing::warn!(sid = %s.id, "event queue full, disconnecting the socket");
             crate::metrics::forced_disconnect("queue_full");
-            super::cut_off(&SocketRef::from(s));
+            super::relay::cut_off(&SocketRef::from(s));
         }
     }
 }

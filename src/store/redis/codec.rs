@@ -6,18 +6,15 @@ use std::sync::Arc;
 
 use redis::Value;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use crate::domain::store::Departures;
-use crate::domain::{ChatMode, ConnId, EventError, JoinError, Message, PublicKeyEntry, SessionId, UserId};
+use crate::domain::{ConnId, EventError, JoinError, Message, PublicKeyEntry, SecretDigest, SessionId, UserId};
+use crate::store::Departures;
 
-/// Hex SHA-256 of a secret: Redis only ever holds digests, compared in the
-/// scripts without stopping at the first difference.
-pub(super) fn digest(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A secret as the scripts take it: its hex SHA-256 (Redis only ever holds
+/// digests, compared in the scripts without stopping at the first
+/// difference), or empty when there is none.
+pub(super) fn secret_arg(secret: Option<&str>) -> String {
+    secret.map(|s| SecretDigest::of(s).hex()).unwrap_or_default()
 }
 
 pub(super) fn flag(b: bool) -> &'static str {
@@ -117,8 +114,8 @@ impl From<StoredMessage> for Message {
 pub(super) fn event_refusal(code: &str) -> EventError {
     match code {
         "UNKNOWN_RECIPIENT" => EventError::UnknownRecipient,
-        "NOT_GROUP" => EventError::NotAllowed("Only group sessions have a session key."),
-        "NOT_CREATOR" => EventError::NotAllowed("Only the session's creator may set its key."),
+        "NOT_GROUP" => EventError::NotGroupSession,
+        "NOT_CREATOR" => EventError::NotCreator,
         _ => EventError::NotInSession,
     }
 }
@@ -156,13 +153,4 @@ pub(super) fn departures(v: Value) -> Option<Departures> {
         members,
         remaining_keys: Some(remaining),
     })
-}
-
-/// In `password` mode the auth key is `<key>:<password>`; joiners prove the
-/// password part. Empty for the other modes.
-pub(super) fn password_digest(mode: ChatMode, auth_key: &str) -> String {
-    match (mode, auth_key.split_once(':')) {
-        (ChatMode::Password, Some((_, password))) => digest(password),
-        _ => String::new(),
-    }
 }

@@ -1,6 +1,6 @@
 //! The Redis backend: the sessions of a cluster, shared by every node.
 //!
-//! Each [`Store`](crate::domain::Store) operation is one Lua script (one
+//! Each [`Store`](crate::store::Store) operation is one Lua script (one
 //! round trip, atomic in Redis; see [`scripts`] for the key layout). Every
 //! call is bounded by `STORE_TIMEOUT_MS`: a Redis that is down or slow turns
 //! into [`Unavailable`] (`STORE_UNAVAILABLE` on the wire), never a hang, and
@@ -13,6 +13,7 @@
 mod codec;
 pub mod driver;
 mod nodes;
+mod ops;
 pub mod scripts;
 
 use std::path::PathBuf;
@@ -24,18 +25,9 @@ use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, ScriptInvocation, Value};
 
-use crate::domain::message::MessageView;
-use crate::domain::store::{
-    is_truthy, JoinKind, JoinRequest, Joined, Left, Limits, Outgoing, Route, Sent, SessionSummary, StoreStats,
-};
-use crate::domain::{
-    epoch_ms, ChatMode, ConnId, EventError, JoinError, Message, PublicKeyEntry, ReserveError, SessionId,
-    Unavailable, UserId,
-};
-use codec::{
-    digest, event_refusal, flag, join_refusal, opt_arg, password_digest, public_keys, text, Reply,
-    StoredMessage,
-};
+use super::Limits;
+use crate::domain::{epoch_ms, Unavailable};
+use codec::Reply;
 use driver::ManagedDriver;
 
 /// Sessions evicted per sweep at most; the rest wait for the next sweep.
@@ -76,7 +68,7 @@ pub const HISTORY_CHUNK_BYTES: usize = 1 << 20;
 /// Who asks for a leave, which decides whether a departure can be
 /// announced twice or never when an answer from Redis was lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaveBy {
+enum LeaveBy {
     /// The member's socket (leave-session or disconnect), first attempt.
     Member,
     /// The same, again, after an attempt that got no answer (it may have
@@ -292,7 +284,7 @@ impl RedisStore {
         self.inner.node_timeout / 3
     }
 
-    fn key(&self, suffix: &str) -> String {
+    pub(super) fn key(&self, suffix: &str) -> String {
         format!("{}:{suffix}", self.inner.prefix)
     }
 
@@ -409,379 +401,5 @@ impl RedisStore {
     async fn query_ungated<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Unavailable> {
         let mut conn = self.inner.conn.clone();
         self.bounded(cmd.query_async(&mut conn)).await
-    }
-
-    pub async fn session_count(&self) -> Result<usize, Unavailable> {
-        self.query(redis::cmd("ZCARD").arg(self.key("sessions"))).await
-    }
-
-    /// Sessions in the cluster and members connected to this node (summed
-    /// over the nodes, that is every member). Per-mode counts and history
-    /// bytes are not tracked in Redis.
-    pub async fn stats(&self) -> Result<StoreStats, Unavailable> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZCARD")
-            .arg(self.key("sessions"))
-            .cmd("SCARD")
-            .arg(self.node_members_key(&self.inner.node))
-            .cmd("GET")
-            .arg(self.key("hbtotal"));
-        self.gate()?;
-        let mut conn = self.inner.conn.clone();
-        let (sessions, members, history_bytes): (usize, usize, Option<usize>) =
-            self.bounded(pipe.query_async(&mut conn)).await?;
-        Ok(StoreStats {
-            sessions,
-            sessions_by_mode: Vec::new(),
-            members,
-            history_bytes: history_bytes.unwrap_or(0),
-        })
-    }
-
-    fn node_members_key(&self, node: &str) -> String {
-        self.key(&format!("node:{node}:m"))
-    }
-
-    fn session_key(&self, id: &str) -> String {
-        self.key(&format!("s:{{{id}}}"))
-    }
-
-    /// The debug listing (`DEBUG=true` only): one round trip per session.
-    pub async fn summaries(&self) -> Result<Vec<SessionSummary>, Unavailable> {
-        let ids: Vec<String> = self
-            .query(redis::cmd("ZRANGE").arg(self.key("sessions")).arg(0).arg(-1))
-            .await?;
-        let mut rows = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(session_id) = SessionId::parse(&id) else {
-                continue;
-            };
-            let base = self.session_key(&id);
-            let mut pipe = redis::pipe();
-            pipe.cmd("HLEN")
-                .arg(format!("{base}:m"))
-                .cmd("LLEN")
-                .arg(format!("{base}:h"))
-                .cmd("HLEN")
-                .arg(format!("{base}:k"));
-            let mut conn = self.inner.conn.clone();
-            let (members, messages, public_keys) = self.bounded(pipe.query_async(&mut conn)).await?;
-            rows.push(SessionSummary {
-                session_id,
-                members,
-                messages,
-                public_keys,
-            });
-        }
-        Ok(rows)
-    }
-
-    pub async fn reserve(&self, id: SessionId, auth_key: &str, mode: ChatMode) -> Result<(), ReserveError> {
-        let mut inv = self.invocation(&self.inner.scripts.reserve);
-        inv.arg(id.as_str())
-            .arg(mode.as_str())
-            .arg(digest(auth_key))
-            .arg(password_digest(mode, auth_key))
-            .arg(self.inner.limits.max_sessions);
-        match self.run(inv).await?.0.as_str() {
-            "ok" => Ok(()),
-            "EXISTS" => Err(ReserveError::Exists),
-            _ => Err(ReserveError::Limit),
-        }
-    }
-
-    pub async fn join(&self, req: JoinRequest, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
-        let offered_key = req.offered_key.as_deref().unwrap_or_default();
-        let public_key = req
-            .public_key
-            .filter(is_truthy)
-            .map(|k| k.to_string())
-            .unwrap_or_default();
-        let limits = &self.inner.limits;
-        let mut inv = self.invocation_at(&self.inner.scripts.join, now_ms);
-        inv.arg(req.session.as_str())
-            .arg(req.user.as_str())
-            .arg(conn.as_str())
-            .arg(&self.inner.node)
-            .arg(flag(req.is_creator))
-            .arg(digest(offered_key))
-            .arg(flag(!offered_key.is_empty()))
-            .arg(req.offered_password.as_deref().map(digest).unwrap_or_default())
-            .arg(req.mode.as_str())
-            .arg(password_digest(req.mode, offered_key))
-            .arg(limits.max_sessions)
-            .arg(limits.max_group_members)
-            .arg(opt_arg(req.display_name.as_deref()))
-            .arg(public_key)
-            .arg(self.inner.history_chunk_bytes);
-        let (status, mut r) = self.run(inv).await?;
-        match status.as_str() {
-            "ok" => {}
-            "SESSION_FULL" => {
-                let mode = r.string();
-                let capacity = r.string().parse().unwrap_or(2);
-                return Err(if mode == "group" {
-                    JoinError::GroupFull(capacity)
-                } else {
-                    JoinError::SessionFull
-                });
-            }
-            code => return Err(join_refusal(code)),
-        }
-        let kind = match (r.string().as_str(), r.string()) {
-            ("new", _) => JoinKind::New,
-            ("repeat", _) => JoinKind::Repeat,
-            (_, previous) => JoinKind::Rejoined {
-                previous: ConnId::new(previous),
-            },
-        };
-        let mode = ChatMode::parse(&r.string()).unwrap_or_default();
-        let display_name = r.opt();
-        let wrapped: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&r.string()).unwrap_or_default();
-        let public_keys = public_keys(r.list());
-        let (inline, index) = (r.list(), r.list());
-        let stored = if index.is_empty() {
-            inline
-        } else {
-            self.history_in_ranges(&req.session, index).await?
-        };
-        let history = stored
-            .into_iter()
-            .filter_map(|v| serde_json::from_slice::<StoredMessage>(text(v).as_bytes()).ok())
-            .map(Message::from)
-            .filter(|m| m.visible_to(&req.user))
-            .map(Arc::new)
-            .collect();
-        Ok(Joined {
-            kind,
-            mode,
-            display_name,
-            history,
-            encrypted_session_key: wrapped.get(req.user.as_str()).cloned(),
-            public_keys,
-            timestamp: now_ms,
-        })
-    }
-
-    /// Reads a history too large for the join's answer, range by range
-    /// (each of at most `history_chunk_bytes`, or one message): what `index`
-    /// (the join's `hw` entries) names and is still held.
-    async fn history_in_ranges(
-        &self,
-        session: &SessionId,
-        index: Vec<Value>,
-    ) -> Result<Vec<Value>, Unavailable> {
-        let entries: Vec<String> = index.into_iter().map(text).collect();
-        let weight = |entry: &str| {
-            entry
-                .split_once('|')
-                .and_then(|(w, _)| w.parse::<usize>().ok())
-                .unwrap_or(0)
-        };
-        let chunk = self.inner.history_chunk_bytes;
-        let mut messages = Vec::with_capacity(entries.len());
-        let mut start = 0;
-        while start < entries.len() {
-            let mut end = start + 1;
-            let mut bytes = weight(&entries[start]);
-            while end < entries.len() && bytes + weight(&entries[end]) <= chunk {
-                bytes += weight(&entries[end]);
-                end += 1;
-            }
-            let mut inv = self.invocation(&self.inner.scripts.history_range);
-            inv.arg(session.as_str())
-                .arg(&entries[start])
-                .arg(&entries[end - 1]);
-            let (_, mut r) = self.run(inv).await?;
-            messages.extend(r.list());
-            start = end;
-        }
-        Ok(messages)
-    }
-
-    /// A member-only script: refusals map to the contract's event errors.
-    async fn member_op(
-        &self,
-        script: &Script,
-        session: &SessionId,
-        user: &UserId,
-        conn: &ConnId,
-        extra: impl FnOnce(&mut ScriptInvocation<'_>),
-    ) -> Result<Reply, EventError> {
-        let mut inv = self.invocation(script);
-        inv.arg(session.as_str()).arg(user.as_str()).arg(conn.as_str());
-        extra(&mut inv);
-        match self.run(inv).await? {
-            (status, reply) if status == "ok" => Ok(reply),
-            (code, _) => Err(event_refusal(&code)),
-        }
-    }
-
-    pub async fn public_keys_for(
-        &self,
-        session: &SessionId,
-        user: &UserId,
-        conn: &ConnId,
-    ) -> Result<Vec<PublicKeyEntry>, EventError> {
-        match self
-            .member_op(&self.inner.scripts.public_keys, session, user, conn, |_| {})
-            .await
-        {
-            Ok(mut r) => Ok(public_keys(r.list())
-                .into_iter()
-                .filter(|k| &k.user_id != user)
-                .collect()),
-            Err(EventError::StoreUnavailable) => Err(EventError::StoreUnavailable),
-            Err(_) => Ok(Vec::new()),
-        }
-    }
-
-    pub async fn save_public_key(
-        &self,
-        session: &SessionId,
-        user: &UserId,
-        conn: &ConnId,
-        key: serde_json::Value,
-        display_name: Option<Arc<str>>,
-    ) -> Result<Vec<PublicKeyEntry>, EventError> {
-        if !is_truthy(&key) {
-            return Err(EventError::InvalidPayload(
-                "publicKey must be a non-empty value".into(),
-            ));
-        }
-        let mut r = self
-            .member_op(&self.inner.scripts.save_key, session, user, conn, |inv| {
-                inv.arg(opt_arg(display_name.as_deref())).arg(key.to_string());
-            })
-            .await?;
-        Ok(public_keys(r.list()))
-    }
-
-    pub async fn set_session_key(
-        &self,
-        session: &SessionId,
-        user: &UserId,
-        conn: &ConnId,
-        keys: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Arc<serde_json::Map<String, serde_json::Value>>, EventError> {
-        let json = serde_json::to_string(&keys).unwrap_or_else(|_| "{}".into());
-        self.member_op(&self.inner.scripts.set_session_key, session, user, conn, |inv| {
-            inv.arg(json);
-        })
-        .await?;
-        Ok(Arc::new(keys))
-    }
-
-    pub async fn send_message(
-        &self,
-        session: &SessionId,
-        from: &UserId,
-        conn: &ConnId,
-        out: Outgoing,
-        now_ms: u64,
-        keep_original: bool,
-    ) -> Result<Sent, EventError> {
-        let to = out.to.clone().filter(|to| &**to != "all");
-        let mut message = Message {
-            id: out
-                .client_message_id
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into()),
-            from: from.clone(),
-            to: out.to,
-            encrypted: out.encrypted,
-            timestamp: now_ms,
-            kind: out.kind.unwrap_or_else(|| "text".into()),
-            sender_display_name: None,
-            original_content: if keep_original { out.original_content } else { None },
-        };
-        // Serialized once, without the sender's name (the script adds the
-        // name it holds): the ciphertext is copied into Redis and nowhere else.
-        let stored = serde_json::to_string(&MessageView {
-            message: &message,
-            original_content: message.original_content.as_ref(),
-        })
-        .map_err(|e| EventError::InvalidPayload(e.to_string()))?;
-        let limits = &self.inner.limits;
-        let mut r = self
-            .member_op(&self.inner.scripts.send_message, session, from, conn, |inv| {
-                inv.arg(opt_arg(to.as_deref()))
-                    .arg(&*message.id)
-                    .arg(stored)
-                    .arg(message.weight())
-                    .arg(limits.max_history_messages)
-                    .arg(limits.max_history_bytes)
-                    .arg(limits.max_total_history_bytes);
-            })
-            .await?;
-        let is_new = r.string() == "1";
-        let route = match r.string() {
-            conn if to.is_some() => Route::Conn(ConnId::new(conn)),
-            _ => Route::Others,
-        };
-        message.sender_display_name = r.opt();
-        Ok(Sent {
-            message: Arc::new(message),
-            is_new,
-            route,
-        })
-    }
-
-    pub async fn download_target(
-        &self,
-        session: &SessionId,
-        user: &UserId,
-        conn: &ConnId,
-        sender: &str,
-    ) -> Result<ConnId, EventError> {
-        let mut r = self
-            .member_op(&self.inner.scripts.download_target, session, user, conn, |inv| {
-                inv.arg(sender);
-            })
-            .await?;
-        Ok(ConnId::new(r.string()))
-    }
-
-    pub async fn typing(
-        &self,
-        session: &SessionId,
-        user: &UserId,
-        conn: &ConnId,
-    ) -> Result<Option<Arc<str>>, EventError> {
-        let mut r = self
-            .member_op(&self.inner.scripts.typing, session, user, conn, |_| {})
-            .await?;
-        Ok(r.opt())
-    }
-
-    pub async fn leave(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Result<Left, EventError> {
-        let departure = uuid::Uuid::new_v4().simple().to_string();
-        self.leave_as(session, user, conn, LeaveBy::Member, &departure)
-            .await
-    }
-
-    /// A leave; see [`LeaveBy`] and [`scripts::LEAVE`].
-    pub async fn leave_as(
-        &self,
-        session: &SessionId,
-        user: &UserId,
-        conn: &ConnId,
-        by: LeaveBy,
-        departure: &str,
-    ) -> Result<Left, EventError> {
-        let mode = match by {
-            LeaveBy::Member => "0",
-            LeaveBy::Retry => "1",
-            LeaveBy::Reconciliation => "2",
-        };
-        let mut r = self
-            .member_op(&self.inner.scripts.leave, session, user, conn, |inv| {
-                inv.arg(mode).arg(departure);
-            })
-            .await?;
-        Ok(Left {
-            display_name: r.opt(),
-            public_keys: public_keys(r.list()),
-        })
     }
 }

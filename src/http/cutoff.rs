@@ -3,19 +3,19 @@
 //! socketioxide's `disconnect()` only takes a socket out of its namespace:
 //! the Engine.IO connection stays open, and the call is refused outright
 //! while the socket's outgoing buffer is full. To really cut off a flooder
-//! or a reader that stopped reading, every connection has a [`Switch`], and
-//! every Socket.IO request carries a [`Kill`] (a request extension; the
+//! or a reader that stopped reading, every connection has a [`ConnectionSwitch`], and
+//! every Socket.IO request carries a [`CutOff`] (a request extension; the
 //! engine keeps the handshake request's for the session's whole life).
-//! Killing it makes the session's connection fail, the engine closes the
+//! Cutting it off makes the session's connection fail, the engine closes the
 //! socket, and its departure is handled as any other.
 //!
 //! A session that starts with long-polling and then upgrades lives on a
-//! second connection, its WebSocket: the front door records that connection
-//! in the session's [`Kill`] ([`Kill::upgraded_to`]), so that it is the one
+//! second connection, its WebSocket: the request router records that connection
+//! in the session's [`CutOff`] ([`CutOff::upgraded_to`]), so that it is the one
 //! cut off.
 //!
 //! At shutdown a WebSocket is wound down rather than cut off
-//! ([`Kill::finish`]): once what was queued for it (the Socket.IO
+//! ([`CutOff::finish`]): once what was queued for it (the Socket.IO
 //! disconnect) has been written, its connection is closed gracefully: a FIN
 //! after the last byte, and what the peer still sends is read and dropped
 //! for a moment, so that closing never resets the connection (a reset can
@@ -43,7 +43,7 @@ const WRITES_PATIENCE: Duration = Duration::from_millis(800);
 /// How long a closed connection reads what its peer still sends.
 const LINGER: Duration = Duration::from_millis(500);
 
-/// The clock of [`SwitchState::last_write`].
+/// The clock of [`ConnectionState::last_write`].
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn micros_since_epoch(at: Instant) -> u64 {
@@ -52,10 +52,10 @@ fn micros_since_epoch(at: Instant) -> u64 {
 
 /// The switch of one TCP connection.
 #[derive(Clone, Default)]
-pub struct Switch(Arc<SwitchState>);
+pub struct ConnectionSwitch(Arc<ConnectionState>);
 
 #[derive(Default)]
-struct SwitchState {
+struct ConnectionState {
     /// Every later read and write fails.
     killed: AtomicBool,
     /// Closed gracefully once dropped (see [`linger`]).
@@ -68,7 +68,7 @@ struct SwitchState {
     closed: CancellationToken,
 }
 
-impl Switch {
+impl ConnectionSwitch {
     fn kill(&self) {
         self.0.killed.store(true, Ordering::Release);
         self.0.reader.wake();
@@ -103,14 +103,14 @@ impl Switch {
 /// A Socket.IO session's hold on its connection: the one the request came
 /// on and, once the session upgraded from polling, its WebSocket's.
 #[derive(Clone)]
-pub struct Kill {
-    conn: Switch,
-    upgraded: Arc<OnceLock<Switch>>,
+pub struct CutOff {
+    conn: ConnectionSwitch,
+    upgraded: Arc<OnceLock<ConnectionSwitch>>,
 }
 
-impl Kill {
+impl CutOff {
     /// The hold of a request that came on `conn`.
-    pub fn new(conn: &Switch) -> Self {
+    pub fn new(conn: &ConnectionSwitch) -> Self {
         Self {
             conn: conn.clone(),
             upgraded: Arc::default(),
@@ -118,19 +118,19 @@ impl Kill {
     }
 
     /// The connection the session uses now.
-    fn current(&self) -> &Switch {
+    fn current(&self) -> &ConnectionSwitch {
         self.upgraded.get().unwrap_or(&self.conn)
     }
 
     /// Makes every later read and write of the session's connection fail.
-    pub fn kill(&self) {
+    pub fn cut(&self) {
         self.current().kill();
     }
 
     /// Records that the session moved to the connection of `upgrade`, a
     /// WebSocket upgrade request of the same session. Only the first is
     /// kept: the engine refuses a second WebSocket for a session.
-    pub fn upgraded_to(&self, upgrade: &Kill) {
+    pub fn upgraded_to(&self, upgrade: &CutOff) {
         let _ = self.upgraded.set(upgrade.conn.clone());
     }
 
@@ -154,16 +154,16 @@ impl Kill {
     }
 }
 
-/// A [`TcpStream`] with a [`Switch`].
-pub struct KillableStream {
+/// A [`TcpStream`] with a [`ConnectionSwitch`].
+pub struct CuttableStream {
     /// Taken only when dropped.
     inner: Option<TcpStream>,
-    switch: Switch,
+    switch: ConnectionSwitch,
 }
 
-impl KillableStream {
-    pub fn new(inner: TcpStream) -> (Self, Switch) {
-        let switch = Switch::default();
+impl CuttableStream {
+    pub fn new(inner: TcpStream) -> (Self, ConnectionSwitch) {
+        let switch = ConnectionSwitch::default();
         (
             Self {
                 inner: Some(inner),
@@ -178,7 +178,7 @@ impl KillableStream {
     }
 }
 
-impl Drop for KillableStream {
+impl Drop for CuttableStream {
     fn drop(&mut self) {
         let stream = self.inner.take();
         let runtime = tokio::runtime::Handle::try_current();
@@ -194,7 +194,7 @@ impl Drop for KillableStream {
 /// Closes `stream` without a reset: a FIN after the bytes already written,
 /// then what the peer still sends is read and dropped until it closes too,
 /// for at most [`LINGER`].
-async fn linger(mut stream: TcpStream, switch: Switch) {
+async fn linger(mut stream: TcpStream, switch: ConnectionSwitch) {
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 1024];
     let _ = tokio::time::timeout(LINGER, async {
@@ -204,7 +204,7 @@ async fn linger(mut stream: TcpStream, switch: Switch) {
     switch.0.closed.cancel();
 }
 
-impl AsyncRead for KillableStream {
+impl AsyncRead for CuttableStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -217,7 +217,7 @@ impl AsyncRead for KillableStream {
     }
 }
 
-impl AsyncWrite for KillableStream {
+impl AsyncWrite for CuttableStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if let Err(e) = self.switch.check(&self.switch.0.writer, cx) {
             return Poll::Ready(Err(e));

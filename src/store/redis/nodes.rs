@@ -4,8 +4,8 @@
 
 use super::codec::{departures, flag, text};
 use super::{RedisStore, SWEEP_BATCH};
-use crate::domain::store::{Departures, Expired, Sweep};
 use crate::domain::{epoch_ms, ConnId, SessionId, Unavailable, UserId};
+use crate::store::{Departures, Expired, Sweep};
 
 impl RedisStore {
     /// Evicts the sessions whose deadline passed. Every node sweeps; the
@@ -98,7 +98,7 @@ impl RedisStore {
         let mut all = Vec::new();
         for node in nodes.iter().filter(|n| **n != self.inner.node) {
             // What was removed must still be announced.
-            let Ok(departed) = self.remove_node_members(Some(node)).await else {
+            let Ok(departed) = self.remove_members_of(node, false).await else {
                 break;
             };
             if !departed.is_empty() {
@@ -129,12 +129,17 @@ impl RedisStore {
             .collect())
     }
 
-    /// Removes the members held by `node` when it is dead, or by this node
-    /// (`None`, unconditionally: at shutdown and at start-up).
-    pub async fn remove_node_members(&self, node: Option<&str>) -> Result<Vec<Departures>, Unavailable> {
+    /// Removes the members held by this node, unconditionally: at shutdown,
+    /// and at start-up (members left by an earlier run of this `NODE_ID`).
+    pub async fn remove_local_members(&self) -> Result<Vec<Departures>, Unavailable> {
+        let node = self.inner.node.clone();
+        self.remove_members_of(&node, true).await
+    }
+
+    /// Removes the members held by `node`: only when it is dead, unless `always`.
+    async fn remove_members_of(&self, node: &str, always: bool) -> Result<Vec<Departures>, Unavailable> {
         let mut inv = self.invocation(&self.inner.scripts.remove_node);
-        inv.arg(node.unwrap_or(&self.inner.node))
-            .arg(flag(node.is_none()));
+        inv.arg(node).arg(flag(always));
         let (status, r) = self.run_ungated(inv).await?;
         if status != "ok" {
             return Ok(Vec::new());

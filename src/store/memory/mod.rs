@@ -6,28 +6,26 @@
 //! is held across an `.await` (there is none in this file) and callers never
 //! see a guard: each method returns what the transport must emit, and the
 //! transport emits after the locks are gone. A panic in a critical section
-//! cannot poison the store: every lock is taken through [`lock`] / [`read`] /
-//! [`write`], which recover the guard.
+//! cannot poison the store: every lock is taken through `session::lock`,
+//! `read` or `write`, which recover the guard.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod invariants;
+mod session;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
-use super::error::{EventError, JoinError, ReserveError};
-use super::ids::{ChatMode, ConnId, SessionId, UserId};
-use super::message::{Message, PublicKeyEntry};
-use super::store::{
-    is_truthy, Departures, Expired, JoinKind, JoinRequest, Joined, Left, Limits, Outgoing, Route, Sent,
-    SessionSummary, StoreStats,
+use super::{
+    Departures, Expired, JoinKind, JoinRequest, Joined, Left, Limits, NewMessage, Route, Sent, SessionSummary,
+    StoreStats,
 };
-
-/// Members of a `private` or `password` session.
-const PAIR_SESSION_SIZE: usize = 2;
+use crate::domain::rules;
+use crate::domain::{ChatMode, ConnId, EventError, JoinError, PublicKeyEntry, ReserveError, SessionId, UserId};
+use session::{lock, read, write, Member, Session};
 
 /// Cloneable handle to the sessions held in this process.
 #[derive(Clone)]
@@ -42,49 +40,6 @@ struct Shared {
     /// History bytes of all sessions, changed only under a session's lock.
     total_history_bytes: AtomicUsize,
     limits: Limits,
-}
-
-/// SHA-256 of a secret; secrets are compared as digests, in constant time,
-/// so neither their content nor their length leaks through timing.
-#[derive(Clone, Copy)]
-struct Digest32([u8; 32]);
-
-impl Digest32 {
-    fn of(secret: &str) -> Self {
-        Self(Sha256::digest(secret.as_bytes()).into())
-    }
-
-    fn matches(&self, offered: &str) -> bool {
-        bool::from(self.0.ct_eq(&Self::of(offered).0))
-    }
-}
-
-struct Session {
-    id: SessionId,
-    seq: u64,
-    mode: ChatMode,
-    /// Digest of the whole `authKey`.
-    key: Digest32,
-    /// In `password` mode, digest of the part after the first `:`.
-    password: Option<Digest32>,
-    reserved: bool,
-    creator: Option<UserId>,
-    members: HashMap<UserId, Member>,
-    /// Published keys in the order they were first stored.
-    public_keys: Vec<PublicKeyEntry>,
-    history: VecDeque<Arc<Message>>,
-    history_bytes: usize,
-    /// Ids of the messages in `history`, to store each id once.
-    history_ids: HashSet<Arc<str>>,
-    /// The group key wrapped for each member.
-    wrapped_keys: Arc<serde_json::Map<String, Value>>,
-    last_activity: Instant,
-}
-
-struct Member {
-    conn: ConnId,
-    display_name: Option<Arc<str>>,
-    joined_at: u64,
 }
 
 impl MemoryStore {
@@ -163,7 +118,7 @@ impl MemoryStore {
         Ok(())
     }
 
-    /// `join-session`, CONTRACT.md section 5 steps 2–10, for socket `conn`.
+    /// `join-session`, docs/PROTOCOL.md section 5 steps 2–10, for socket `conn`.
     pub fn join(&self, req: JoinRequest, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
         let session = match self.get(&req.session) {
             Some(session) => session,
@@ -176,10 +131,7 @@ impl MemoryStore {
             s.reserved = false;
             s.creator = Some(req.user.clone());
         }
-        let capacity = match s.mode {
-            ChatMode::Group => self.shared.limits.max_group_members,
-            ChatMode::Private | ChatMode::Password => PAIR_SESSION_SIZE,
-        };
+        let capacity = rules::capacity(s.mode, self.shared.limits.max_group_members);
         let full = s.members.len() >= capacity;
         let kind = match s.members.get_mut(&req.user) {
             Some(member) if member.conn == *conn => JoinKind::Repeat,
@@ -187,12 +139,7 @@ impl MemoryStore {
                 let previous = std::mem::replace(&mut member.conn, conn.clone());
                 JoinKind::Rejoined { previous }
             }
-            None if full => {
-                return Err(match s.mode {
-                    ChatMode::Group => JoinError::GroupFull(capacity),
-                    _ => JoinError::SessionFull,
-                });
-            }
+            None if full => return Err(rules::session_full(s.mode, capacity)),
             None => {
                 let member = Member {
                     conn: conn.clone(),
@@ -208,7 +155,7 @@ impl MemoryStore {
             member.display_name = req.display_name.clone();
         }
         let (display_name, joined_at) = (member.display_name.clone(), member.joined_at);
-        if let Some(key) = req.public_key.filter(is_truthy) {
+        if let Some(key) = req.public_key.filter(rules::is_truthy) {
             s.store_key(&req.user, key, display_name.clone(), joined_at);
         }
         s.last_activity = Instant::now();
@@ -232,11 +179,7 @@ impl MemoryStore {
     /// socket is not a member (nothing is revealed or created).
     pub fn public_keys_for(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Vec<PublicKeyEntry> {
         self.with_member(session, user, conn, |s| {
-            Ok(s.public_keys
-                .iter()
-                .filter(|k| &k.user_id != user)
-                .cloned()
-                .collect())
+            Ok(rules::keys_except(s.public_keys.clone(), user))
         })
         .unwrap_or_default()
     }
@@ -250,11 +193,7 @@ impl MemoryStore {
         key: Value,
         display_name: Option<Arc<str>>,
     ) -> Result<Vec<PublicKeyEntry>, EventError> {
-        if !is_truthy(&key) {
-            return Err(EventError::InvalidPayload(
-                "publicKey must be a non-empty value".into(),
-            ));
-        }
+        rules::require_public_key(&key)?;
         self.with_member(session, user, conn, |s| {
             let member = s.members.get_mut(user).expect("checked by with_member");
             if display_name.is_some() {
@@ -275,14 +214,7 @@ impl MemoryStore {
         keys: serde_json::Map<String, Value>,
     ) -> Result<Arc<serde_json::Map<String, Value>>, EventError> {
         self.with_member(session, user, conn, |s| {
-            if s.mode != ChatMode::Group {
-                return Err(EventError::NotAllowed("Only group sessions have a session key."));
-            }
-            if s.creator.as_ref() != Some(user) {
-                return Err(EventError::NotAllowed(
-                    "Only the session's creator may set its key.",
-                ));
-            }
+            rules::may_set_session_key(s.mode, s.creator.as_ref() == Some(user))?;
             s.wrapped_keys = Arc::new(keys);
             Ok(s.wrapped_keys.clone())
         })
@@ -294,33 +226,22 @@ impl MemoryStore {
         session: &SessionId,
         from: &UserId,
         conn: &ConnId,
-        out: Outgoing,
+        message: NewMessage,
         now_ms: u64,
         keep_original: bool,
     ) -> Result<Sent, EventError> {
         let limits = &self.shared.limits;
         let sent = self.with_member(session, from, conn, |s| {
-            let route = match out.to.as_deref() {
-                None | Some("all") => Route::Others,
+            let route = match rules::direct_recipient(message.to.as_deref()) {
+                None => Route::Others,
                 Some(to) => match s.members.iter().find(|(id, _)| id.as_str() == to) {
                     Some((_, member)) => Route::Conn(member.conn.clone()),
                     None => return Err(EventError::UnknownRecipient),
                 },
             };
-            let id = out
-                .client_message_id
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into());
-            let is_new = !s.history_ids.contains(&id);
-            let message = Arc::new(Message {
-                id,
-                from: from.clone(),
-                to: out.to,
-                encrypted: out.encrypted,
-                timestamp: now_ms,
-                kind: out.kind.unwrap_or_else(|| "text".into()),
-                sender_display_name: s.members.get(from).and_then(|m| m.display_name.clone()),
-                original_content: if keep_original { out.original_content } else { None },
-            });
+            let sender_name = s.members.get(from).and_then(|m| m.display_name.clone());
+            let message = Arc::new(message.into_message(from.clone(), sender_name, now_ms, keep_original));
+            let is_new = !s.history_ids.contains(&message.id);
             if is_new {
                 s.push_history(message.clone(), limits, &self.shared.total_history_bytes);
             }
@@ -408,15 +329,16 @@ impl MemoryStore {
         })
     }
 
-    /// A socket's disconnect: as [`MemoryStore::leave`] when it is still the member's
-    /// current socket, otherwise nothing (the member rejoined from a newer one).
-    pub fn disconnect(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Option<Left> {
+    /// A socket's departure (`leave-session` or disconnect): as
+    /// [`MemoryStore::leave`] when it is still the member's current socket,
+    /// otherwise nothing (the member rejoined from a newer one).
+    pub fn depart(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Option<Left> {
         self.leave(session, user, conn).ok()
     }
 
-    /// Removes every member of every session (at shutdown), returning who
-    /// left where so that the departures can be announced once.
-    pub fn remove_all_members(&self) -> Vec<Departures> {
+    /// Removes every member of every session (at shutdown: every member is
+    /// local to this process), returning who left where so that the departures can be announced once.
+    pub fn remove_local_members(&self) -> Vec<Departures> {
         let sessions: Vec<_> = read(&self.shared.sessions).values().cloned().collect();
         let mut all = Vec::new();
         for session in sessions {
@@ -471,77 +393,9 @@ impl MemoryStore {
         expired
     }
 
-    /// Checks the store's invariants; used by property tests and fuzzing.
-    #[doc(hidden)]
-    pub fn check_invariants(&self) -> Result<(), String> {
-        let limits = &self.shared.limits;
-        let sessions: Vec<_> = read(&self.shared.sessions)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if sessions.len() > limits.max_sessions {
-            return Err(format!("{} sessions over the limit", sessions.len()));
-        }
-        let mut total = 0;
-        for (id, session) in sessions {
-            let s = lock(&session);
-            if s.id != id {
-                return Err(format!("session {id} stored under another id"));
-            }
-            let capacity = match s.mode {
-                ChatMode::Group => limits.max_group_members,
-                _ => PAIR_SESSION_SIZE,
-            };
-            if s.members.len() > capacity {
-                return Err(format!(
-                    "{id}: {} members over capacity {capacity}",
-                    s.members.len()
-                ));
-            }
-            let mut conns = HashSet::new();
-            if !s.members.values().all(|m| conns.insert(m.conn.clone())) {
-                return Err(format!("{id}: one socket bound to two members"));
-            }
-            if let Some(k) = s.public_keys.iter().find(|k| !s.members.contains_key(&k.user_id)) {
-                return Err(format!("{id}: key of non-member {}", k.user_id));
-            }
-            if s.reserved && !s.members.is_empty() {
-                return Err(format!("{id}: reserved session with members"));
-            }
-            let bytes: usize = s.history.iter().map(|m| m.weight()).sum();
-            if bytes != s.history_bytes {
-                return Err(format!(
-                    "{id}: history bytes {} but counted {}",
-                    bytes, s.history_bytes
-                ));
-            }
-            if s.history.len() > limits.max_history_messages
-                || (s.history.len() > 1 && s.history_bytes > limits.max_history_bytes)
-            {
-                return Err(format!("{id}: history over its bounds"));
-            }
-            let ids: HashSet<_> = s.history.iter().map(|m| m.id.clone()).collect();
-            if ids.len() != s.history.len() || ids != s.history_ids {
-                return Err(format!("{id}: history ids out of step"));
-            }
-            total += bytes;
-        }
-        if total != self.total_history_bytes() {
-            return Err(format!(
-                "total history {} but counted {}",
-                total,
-                self.total_history_bytes()
-            ));
-        }
-        if total > limits.max_total_history_bytes {
-            return Err(format!("total history {total} over the budget"));
-        }
-        Ok(())
-    }
-
     /// Test hook: panics while holding `session`'s lock, to show that a bug
     /// in a critical section neither takes the server down nor poisons the store.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn panic_while_locked(&self, session: &SessionId) {
         if let Some(session) = self.get(session) {
             let _guard = lock(&session);
@@ -556,27 +410,8 @@ impl MemoryStore {
 
     /// A new session, reserved until its creator joins.
     fn new_session(&self, id: SessionId, mode: ChatMode, auth_key: &str) -> Session {
-        // In password mode the key is "<key>:<base64 password>"; joiners prove the password part.
-        let password = match mode {
-            ChatMode::Password => auth_key.split_once(':').map(|(_, pw)| Digest32::of(pw)),
-            _ => None,
-        };
-        Session {
-            id,
-            seq: self.shared.next_seq.fetch_add(1, Ordering::Relaxed),
-            mode,
-            key: Digest32::of(auth_key),
-            password,
-            reserved: true,
-            creator: None,
-            members: HashMap::new(),
-            public_keys: Vec::new(),
-            history: VecDeque::new(),
-            history_bytes: 0,
-            history_ids: HashSet::new(),
-            wrapped_keys: Arc::default(),
-            last_activity: Instant::now(),
-        }
+        let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        Session::new(id, seq, mode, auth_key)
     }
 
     /// A creator's join of an unknown id creates the session with the offered key.
@@ -618,82 +453,3 @@ impl MemoryStore {
     }
 }
 
-impl Session {
-    /// The key and password checks of a join (steps 3–4).
-    fn admit(&self, req: &JoinRequest) -> Result<(), JoinError> {
-        if req.is_creator {
-            let offered = req.offered_key.as_deref().unwrap_or_default();
-            return if self.key.matches(offered) {
-                Ok(())
-            } else {
-                Err(JoinError::CreatorKeyMismatch)
-            };
-        }
-        match (&self.password, req.offered_password.as_deref()) {
-            (Some(password), Some(offered)) => {
-                if !password.matches(offered) {
-                    return Err(JoinError::InvalidPassword);
-                }
-            }
-            _ => {
-                let offered = req.offered_key.as_deref().unwrap_or_default();
-                if !self.key.matches(offered) {
-                    return Err(JoinError::InvalidKey);
-                }
-            }
-        }
-        if self.reserved {
-            return Err(JoinError::SessionNotActive);
-        }
-        Ok(())
-    }
-
-    fn store_key(&mut self, user: &UserId, key: Value, display_name: Option<Arc<str>>, joined_at: u64) {
-        let entry = PublicKeyEntry {
-            user_id: user.clone(),
-            public_key: key,
-            display_name,
-            joined_at,
-        };
-        match self.public_keys.iter_mut().find(|k| &k.user_id == user) {
-            Some(existing) => *existing = entry,
-            None => self.public_keys.push(entry),
-        }
-    }
-
-    /// Appends to history, dropping the oldest messages past either bound.
-    fn push_history(&mut self, message: Arc<Message>, limits: &Limits, total: &AtomicUsize) {
-        let weight = message.weight();
-        self.history_bytes += weight;
-        total.fetch_add(weight, Ordering::Relaxed);
-        self.history_ids.insert(message.id.clone());
-        self.history.push_back(message);
-        while !self.history.is_empty()
-            && (self.history.len() > limits.max_history_messages
-                || self.history_bytes > limits.max_history_bytes)
-        {
-            self.pop_oldest(total);
-        }
-    }
-
-    fn pop_oldest(&mut self, total: &AtomicUsize) {
-        if let Some(old) = self.history.pop_front() {
-            let weight = old.weight();
-            self.history_bytes -= weight;
-            total.fetch_sub(weight, Ordering::Relaxed);
-            self.history_ids.remove(&old.id);
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(PoisonError::into_inner)
-}

@@ -1,0 +1,247 @@
+//! How events reach their recipients, on this node or (in a cluster) any
+//! other: the delivery strategy, emits to one member's socket, rooms, and
+//! the announcements of departures and expiry.
+//!
+//! A socket joins the room of the session it joined (`s:<sessionId>`). "To
+//! one member's socket" looks the socket up by its id on this node; in a
+//! cluster, where it may be connected to another node, every socket is also
+//! in a room of its own (`c:<socket id>`) that the Redis adapter reaches on
+//! every node (docs/PROTOCOL.md, "Facts about the stack", point 5).
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::SocketRef;
+use socketioxide::operators::BroadcastOperators;
+use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportType};
+
+use super::events::outgoing;
+use crate::domain::{epoch_ms, ConnId, JoinError, SessionId, UserId};
+use crate::http::cutoff::CutOff;
+use crate::metrics;
+use crate::store::{Departures, Expired};
+
+/// Payloads at least this large are encoded once and shared by a room
+/// broadcast, whatever the room's size: copying them per recipient would
+/// cost more memory than a slow consumer can.
+const SHARED_ENCODING_MIN_BYTES: usize = 64 * 1024;
+
+/// Rooms of up to this many recipients get each message socket by socket
+/// (a slow consumer is noticed and disconnected at once); larger rooms get
+/// one shared encoding, which costs far less per recipient.
+const PER_RECIPIENT_MAX: usize = 8;
+
+/// The room of a session's members.
+pub fn session_room(id: &SessionId) -> String {
+    format!("s:{id}")
+}
+
+/// The room of one socket, in a cluster.
+pub fn conn_room(conn: &ConnId) -> String {
+    format!("c:{conn}")
+}
+
+/// Who an emit goes to.
+pub enum Target<'a, A: Adapter> {
+    /// Every socket in the room, the sender's included.
+    Room(&'a str),
+    /// Every socket in the room but `sender`.
+    Others { sender: &'a SocketRef<A>, room: &'a str },
+    /// One socket, wherever it is connected.
+    Conn(&'a ConnId),
+}
+
+/// `user-joined`, `user-left`, `user-typing` and `user-stopped-typing`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserEvent<'a> {
+    pub user_id: &'a UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<u64>,
+}
+
+/// The sending side of the Socket.IO server: `io` and whether sessions span
+/// nodes (then every room emit goes through the adapter).
+#[derive(Clone)]
+pub struct Relay<A: Adapter> {
+    io: SocketIo<A>,
+    cluster: bool,
+}
+
+impl<A: Adapter> Relay<A> {
+    pub fn new(io: SocketIo<A>, cluster: bool) -> Self {
+        Self { io, cluster }
+    }
+
+    pub fn io(&self) -> &SocketIo<A> {
+        &self.io
+    }
+
+    /// The socket of `conn`, when it is connected to this node.
+    pub fn local_socket(&self, conn: &ConnId) -> Option<SocketRef<A>> {
+        self.io.get_socket(conn.as_str().parse().ok()?)
+    }
+
+    /// Serializes `data` once and sends it to `target`; returns the number
+    /// of recipients on this node. Small rooms get it socket by socket, so
+    /// that a recipient whose outgoing buffer is full is noticed and cut
+    /// off; large rooms and large payloads get one shared encoding by a room
+    /// broadcast (see [`PER_RECIPIENT_MAX`], [`SHARED_ENCODING_MIN_BYTES`]).
+    /// In a cluster every room emit is a broadcast through the adapter
+    /// (recipients may be on other nodes).
+    pub async fn deliver<T: Serialize + ?Sized>(&self, target: Target<'_, A>, event: &str, data: &T) -> usize {
+        let Some(raw) = encode(event, data) else { return 0 };
+        let size = raw.get().len();
+        let local = match &target {
+            Target::Conn(conn) => self.local_socket(conn),
+            _ => None,
+        };
+        let operator = match target {
+            Target::Room(room) => Some(self.io.to(room.to_owned())),
+            Target::Others { sender, room } => Some(sender.to(room.to_owned())),
+            Target::Conn(conn) if local.is_none() && self.cluster => Some(self.io.to(conn_room(conn))),
+            Target::Conn(_) => None,
+        };
+        let recipients: Vec<SocketRef<A>> = match &operator {
+            Some(operator) => operator.clone().sockets(),
+            None => local.into_iter().collect(),
+        };
+        metrics::bytes_out(size * recipients.len());
+        let shared = self.cluster || size >= SHARED_ENCODING_MIN_BYTES || recipients.len() > PER_RECIPIENT_MAX;
+        if let Some(operator) = operator.filter(|_| shared) {
+            if let Err(e) = broadcast(operator, event, &*raw).await {
+                // The sockets that could not take it are not named; the
+                // heartbeat ends them if they have stopped reading.
+                tracing::debug!(event, error = %e, "room broadcast not taken by every socket");
+                metrics::broadcast_incomplete();
+            }
+            return recipients.len();
+        }
+        for socket in &recipients {
+            if let Err(e) = socket.emit(event, &*raw) {
+                emit_failed(socket, event, e);
+            }
+        }
+        recipients.len()
+    }
+
+    /// Emits to one socket, on this node or (in a cluster) any other.
+    pub async fn emit_to_conn<T: Serialize + ?Sized>(&self, conn: &ConnId, event: &str, data: &T) {
+        if let Some(socket) = self.local_socket(conn) {
+            let _ = socket.emit(event, data);
+        } else if self.cluster {
+            if let Err(e) = self.io.to(conn_room(conn)).emit(event, data).await {
+                tracing::debug!(event, error = %e, "emit to a remote socket failed");
+            }
+        }
+    }
+
+    /// Takes a socket, on this node or (in a cluster) any other, out of a room.
+    pub async fn leave_room(&self, conn: &ConnId, room: String) {
+        if let Some(socket) = self.local_socket(conn) {
+            socket.leave(room);
+        } else if self.cluster {
+            if let Err(e) = self.io.to(conn_room(conn)).leave(room).await {
+                tracing::debug!(error = %e, "taking a remote socket out of a room failed");
+            }
+        }
+    }
+
+    /// Announces members removed at once (at shutdown, or when their node
+    /// died): `user-left` for each to the rest of the room, then the keys
+    /// that remain.
+    pub async fn announce_departures(&self, all: Vec<Departures>) {
+        let timestamp = epoch_ms();
+        for departures in all {
+            let room = session_room(&departures.session);
+            for (user, display_name, conn) in &departures.members {
+                let notice = UserEvent {
+                    user_id: user,
+                    display_name: display_name.as_deref(),
+                    timestamp: Some(timestamp),
+                };
+                let to_others = match self.local_socket(conn) {
+                    Some(member) => member.to(room.clone()),
+                    None => self.io.to(room.clone()),
+                };
+                let _ = broadcast(to_others, outgoing::USER_LEFT, &notice).await;
+            }
+            if let Some(keys) = &departures.remaining_keys {
+                let _ = broadcast(self.io.to(room.clone()), outgoing::PUBLIC_KEYS_UPDATED, keys).await;
+            }
+        }
+    }
+
+    /// Tells the members of evicted sessions `SESSION_EXPIRED` (wherever they
+    /// are connected) and takes them out of the session's room.
+    pub async fn announce_expired(&self, expired: Vec<Expired>) {
+        let error = JoinError::SessionExpired;
+        let notice = serde_json::json!({ "error": error.code(), "message": error.to_string() });
+        for session in expired {
+            tracing::info!(session = %session.session.log_tag(), "session expired with members connected");
+            let room = session_room(&session.session);
+            for conn in &session.conns {
+                self.emit_to_conn(conn, outgoing::SESSION_ERROR, &notice).await;
+                self.leave_room(conn, room.clone()).await;
+            }
+        }
+    }
+}
+
+/// Emits through `operator` on every node. socketioxide-redis publishes
+/// first and skips this node's sockets when the publish fails (Redis lost
+/// between the store call and the emit); they get it anyway.
+pub async fn broadcast<A: Adapter, T: Serialize + ?Sized>(
+    operator: BroadcastOperators<A>,
+    event: &str,
+    data: &T,
+) -> Result<(), BroadcastError> {
+    match operator.clone().emit(event, data).await {
+        Err(BroadcastError::Adapter(e)) => {
+            tracing::warn!(event, error = %e, "room emit not published to the other nodes; sent on this node only");
+            metrics::cross_node_emit_failed();
+            operator.local().emit(event, data).await
+        }
+        sent => sent,
+    }
+}
+
+/// Serializes an outgoing payload once.
+pub fn encode<T: Serialize + ?Sized>(event: &str, data: &T) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(data)
+        .map_err(|e| tracing::error!(event, error = %e, "cannot serialize an event"))
+        .ok()
+}
+
+/// A recipient whose outgoing buffer is full is not keeping up: it is cut
+/// off (it rejoins and gets the history) rather than silently missing
+/// messages or making the server buffer without bound.
+pub fn emit_failed<A: Adapter>(socket: &SocketRef<A>, event: &str, e: SendError) {
+    match e {
+        SendError::Socket(SocketError::InternalChannelFull) => {
+            tracing::warn!(sid = %socket.id, event, "slow consumer: outgoing buffer full, disconnecting");
+            metrics::forced_disconnect("slow_consumer");
+            cut_off(socket);
+        }
+        e => tracing::debug!(sid = %socket.id, event, error = %e, "emit failed"),
+    }
+}
+
+/// Cuts a socket off for good, so that a flooder or a reader that stopped
+/// reading is really gone. A WebSocket's connection is made to fail: the
+/// engine closes the session and its departure is handled as any other, and
+/// the client sees a lost connection (the stock client reconnects, joins
+/// again and gets the history). A polling session is also taken out of the
+/// namespace (when its buffer has room for the disconnect packet), as its
+/// later requests come on other connections.
+pub fn cut_off<A: Adapter>(socket: &SocketRef<A>) {
+    let cutoff = socket.req_parts().extensions.get::<CutOff>().cloned();
+    if socket.transport_type() != TransportType::Websocket {
+        let _ = socket.clone().disconnect();
+    }
+    if let Some(cutoff) = cutoff {
+        cutoff.cut();
+    }
+}

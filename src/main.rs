@@ -1,16 +1,20 @@
 //! `e2e-chat-server`: loads `.env`, reads the settings, starts logging and
-//! runs the server until SIGINT or SIGTERM.
+//! runs the server until SIGINT or SIGTERM (a second one exits at once).
 
 use std::process::ExitCode;
 
-use e2e_chat_server::{healthcheck, logging, Config, Server};
+use e2e_chat_server::{config, healthcheck, logging, Config, Server};
 
 const USAGE: &str = "\
-usage: e2e-chat-server [healthcheck | --version | --help]
+usage: e2e-chat-server [healthcheck | check-config | --version | --help]
 
   (no argument)  run the server; settings come from the environment and .env
   healthcheck    exit 0 when GET /health on this machine answers 200
+  check-config   check the settings, print them, and exit (0 when valid)
   --version      print the version";
+
+/// Exit status of a second SIGINT/SIGTERM during a graceful shutdown.
+const FORCED_EXIT: i32 = 130;
 
 fn main() -> ExitCode {
     let arg = std::env::args().nth(1);
@@ -20,10 +24,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some("--help" | "-h") => {
-            println!("{USAGE}");
+            println!("{USAGE}\n\n{}", config::help_text());
             return ExitCode::SUCCESS;
         }
-        None | Some("healthcheck") => {}
+        None | Some("healthcheck" | "check-config") => {}
         Some(other) => {
             eprintln!("e2e-chat-server: unknown argument {other:?}\n{USAGE}");
             return ExitCode::from(2);
@@ -42,6 +46,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if arg.as_deref() == Some("check-config") {
+        return match config.check_cluster() {
+            Ok(()) => {
+                println!("settings are valid: {}", config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("e2e-chat-server: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if arg.is_some() {
         return match healthcheck::probe(&config) {
             Ok(()) => ExitCode::SUCCESS,
@@ -77,7 +93,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(addr = %server.addr(), %metrics, "listening");
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down (a second signal exits at once)");
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second signal during shutdown: exiting at once");
+        std::process::exit(FORCED_EXIT);
+    });
     server.shutdown().await;
     Ok(())
 }

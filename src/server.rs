@@ -95,13 +95,7 @@ impl Server {
             .start()
             .await;
         };
-        anyhow::ensure!(
-            config.store_timeout * 3 <= config.node_timeout,
-            "STORE_TIMEOUT_MS ({} ms) must be at most a third of NODE_TIMEOUT_SECS ({} s): \
-             a heartbeat slower than its interval would make this node look dead",
-            config.store_timeout.as_millis(),
-            config.node_timeout.as_secs()
-        );
+        config.check_cluster().map_err(anyhow::Error::msg)?;
         let settings = RedisSettings {
             url,
             tls_ca_file: config.redis_tls_ca_file.clone(),
@@ -166,30 +160,7 @@ impl<A: Adapter> Assembly<A> {
             cluster,
         } = self;
         let readiness = Readiness::default();
-        let reservations = Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(
-            config.reserve_rate_per_ip,
-        )));
-        let handshakes = Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(
-            config.handshake_rate_per_ip,
-        )));
-        let api = http::router(HttpState {
-            store: store.clone(),
-            started: Instant::now(),
-            debug: config.debug,
-            reservations: reservations.clone(),
-            request_timeout: config.api_request_timeout,
-            readiness: readiness.clone(),
-        })
-        .layer(TraceLayer::new_for_http());
-        let router = RequestRouter {
-            socket_io: service,
-            io: io.clone(),
-            api,
-            allowed_origins: Arc::new(config.client_origins.clone()),
-            trust_proxy: config.trust_proxy.clone(),
-            handshakes: handshakes.clone(),
-        };
-
+        let (router, limiters) = request_router(&config, &store, service, &io, &readiness);
         let listener = listen(SocketAddr::new(config.host, config.port)).with_context(|| {
             format!(
                 "cannot listen on {}:{} (check HOST and PORT)",
@@ -226,7 +197,7 @@ impl<A: Adapter> Assembly<A> {
         let mut background = vec![tokio::spawn(eviction::run(
             store.clone(),
             io.clone(),
-            vec![reservations, handshakes],
+            limiters,
             config.cleanup_interval,
             stop.clone(),
         ))];
@@ -252,6 +223,41 @@ impl<A: Adapter> Assembly<A> {
             metrics,
         })
     }
+}
+
+/// The request router in front of socketioxide and the API, and the per-IP
+/// limiters it and the API use (pruned by the eviction task).
+fn request_router<A: Adapter>(
+    config: &Config,
+    store: &Store,
+    service: SocketIoService<NotFoundService, A>,
+    io: &SocketIo<A>,
+    readiness: &Readiness,
+) -> (RequestRouter<A>, Vec<Arc<IpLimiter>>) {
+    let reservations = Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(
+        config.reserve_rate_per_ip,
+    )));
+    let handshakes = Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(
+        config.handshake_rate_per_ip,
+    )));
+    let api = http::router(HttpState {
+        store: store.clone(),
+        started: Instant::now(),
+        debug: config.debug,
+        reservations: reservations.clone(),
+        request_timeout: config.api_request_timeout,
+        readiness: readiness.clone(),
+    })
+    .layer(TraceLayer::new_for_http());
+    let router = RequestRouter {
+        socket_io: service,
+        io: io.clone(),
+        api,
+        allowed_origins: Arc::new(config.client_origins.clone()),
+        trust_proxy: config.trust_proxy.clone(),
+        handshakes: handshakes.clone(),
+    };
+    (router, vec![reservations, handshakes])
 }
 
 /// What shutdown needs from socketioxide, whichever adapter runs.

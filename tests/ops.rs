@@ -83,7 +83,7 @@ async fn metrics_count_a_conversation() {
     let config = Config {
         send_rate_per_socket: 1,
         send_burst_per_socket: 1,
-        ..Config::default()
+        ..Config::local()
     };
     let server = Server::start(config).await.expect("server starts");
     let addr = server.addr();
@@ -388,7 +388,7 @@ async fn ready_in_process_then_draining_on_shutdown() {
     let _lock = IN_PROCESS.lock().await;
     let config = Config {
         shutdown_drain: DRAIN,
-        ..Config::default()
+        ..Config::local()
     };
     let server = Server::start(config).await.expect("server starts");
     let addr = server.addr();
@@ -833,7 +833,7 @@ fn version_flag_prints_the_package_version() {
 #[tokio::test]
 async fn health_reports_the_package_version() {
     let _lock = IN_PROCESS.lock().await;
-    let server = Server::start(Config::default()).await.expect("server starts");
+    let server = Server::start(Config::local()).await.expect("server starts");
     let health = get(server.addr(), "/health").await.expect("/health");
     assert_eq!(health.status, 200);
     let body = health.json();

@@ -48,7 +48,7 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 pub fn base_config() -> Config {
     Config {
         debug: true,
-        ..Config::default()
+        ..Config::local()
     }
 }
 

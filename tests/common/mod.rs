@@ -40,7 +40,7 @@ pub fn test_config() -> Config {
         join_rate_per_min: 0,
         typing_rate_per_min: 0,
         key_rate_per_min: 0,
-        ..Config::default()
+        ..Config::local()
     }
 }
 

@@ -1,8 +1,12 @@
 //! Settings, read once at start-up from the environment (after `.env`).
 //!
-//! Every setting has a documented default (README and `.env.example`); a value
+//! Every setting is defined once, with its default and meaning, in
+//! [`SETTINGS`] (README, `.env.example` and `--help` list the same); a value
 //! that does not parse stops start-up with an error naming the variable, so
 //! nothing ever runs half-configured.
+
+mod settings;
+mod values;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,105 +14,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use http::HeaderValue;
-
-/// What happens to the plaintext `originalContent` the stock client sends
-/// beside each ciphertext (see docs/PROTOCOL.md, `send-message`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OriginalContent {
-    /// Echoed back to its author in that call's `message-sent` only.
-    #[default]
-    Echo,
-    /// As `Echo`, and also kept for the author's own `messages-history`.
-    Author,
-    /// Never echoed or stored.
-    Drop,
-}
-
-impl FromStr for OriginalContent {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "echo" => Ok(Self::Echo),
-            "author" => Ok(Self::Author),
-            "drop" => Ok(Self::Drop),
-            _ => Err("expected one of echo, author, drop".into()),
-        }
-    }
-}
-
-/// Origins allowed by CORS and by the Socket.IO handshake origin check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllowedOrigins {
-    /// `CLIENT_URL=*`: any origin (the request's origin is mirrored).
-    Any,
-    /// Exact origins, compared byte for byte with the `Origin` header.
-    List(Vec<HeaderValue>),
-}
-
-impl AllowedOrigins {
-    /// Parses a comma-separated list of origins, or `*`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s == "*" {
-            return Ok(Self::Any);
-        }
-        let mut list = Vec::new();
-        for origin in s.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-            // Browsers never send a trailing slash in `Origin`.
-            let origin = origin.trim_end_matches('/');
-            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                return Err(format!("origin {origin:?} must start with http:// or https://"));
-            }
-            let value = HeaderValue::from_str(origin)
-                .map_err(|_| format!("origin {origin:?} is not a valid header value"))?;
-            list.push(value);
-        }
-        if list.is_empty() {
-            return Err("expected `*` or at least one origin".into());
-        }
-        Ok(Self::List(list))
-    }
-
-    /// Whether a request carrying this `Origin` header may be served.
-    pub fn allows(&self, origin: &HeaderValue) -> bool {
-        match self {
-            Self::Any => true,
-            Self::List(list) => list.iter().any(|o| o == origin),
-        }
-    }
-}
-
-impl fmt::Display for AllowedOrigins {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Any => f.write_str("*"),
-            Self::List(list) => {
-                let parts: Vec<&str> = list.iter().filter_map(|o| o.to_str().ok()).collect();
-                f.write_str(&parts.join(","))
-            }
-        }
-    }
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-impl FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "text" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            _ => Err("expected text or json".into()),
-        }
-    }
-}
+pub use settings::{help_text, setting, Setting, SETTINGS};
+pub use values::{AllowedOrigins, LogFormat, OriginalContent};
 
 /// All settings of one server.
 #[derive(Debug, Clone)]
@@ -204,59 +111,11 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The documented defaults, except that it listens on 127.0.0.1 and a free port:
-    /// the value tests start from.
+    /// The documented defaults (a random `NODE_ID`).
     fn default() -> Self {
-        Self {
-            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port: 0,
-            client_origins: AllowedOrigins::parse(DEFAULT_CLIENT_URL).expect("valid default"),
-            node_env: "development".into(),
-            debug: false,
-            log_format: LogFormat::Text,
-            session_idle_timeout: Duration::from_secs(1800),
-            session_member_timeout: Duration::from_secs(7200),
-            cleanup_interval: Duration::from_secs(60),
-            max_payload_bytes: 20 * 1024 * 1024,
-            ping_interval: Duration::from_millis(25_000),
-            ping_timeout: Duration::from_millis(60_000),
-            original_content: OriginalContent::Echo,
-            max_sessions: 10_000,
-            max_group_members: 100,
-            max_history_messages: 1_000,
-            max_history_bytes: 64 * 1024 * 1024,
-            max_total_history_bytes: 1024 * 1024 * 1024,
-            redis_url: None,
-            redis_tls_ca_file: None,
-            redis_prefix: "e2e".into(),
-            node_id: uuid::Uuid::new_v4().simple().to_string(),
-            node_timeout: Duration::from_secs(15),
-            store_timeout: Duration::from_millis(2000),
-            max_connections: 20_000,
-            header_read_timeout: Duration::from_secs(10),
-            api_request_timeout: Duration::from_secs(10),
-            trust_proxy: None,
-            max_sockets_per_ip: 200,
-            handshake_rate_per_ip: 300,
-            reserve_rate_per_ip: 30,
-            send_rate_per_socket: 30,
-            send_burst_per_socket: 300,
-            join_rate_per_min: 60,
-            typing_rate_per_min: 600,
-            key_rate_per_min: 600,
-            metrics_addr: Some(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
-            shutdown_drain: Duration::ZERO,
-            #[cfg(feature = "test-hooks")]
-            test_panic_event: None,
-        }
+        Self::from_lookup(|_| None).expect("the documented defaults are valid")
     }
 }
-
-/// Prometheus' conventional exporter port, on loopback only.
-const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
-
-/// The stock frontend's development origin (Vite's default port).
-const DEFAULT_CLIENT_URL: &str = "http://localhost:5173";
 
 /// A setting that could not be used; the message names the variable.
 #[derive(Debug, thiserror::Error)]
@@ -268,111 +127,106 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// The documented defaults, but listening on 127.0.0.1 on a free port,
+    /// with metrics on a free loopback port and no shutdown drain: the
+    /// value tests start from.
+    pub fn local() -> Self {
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        Self {
+            host: loopback,
+            port: 0,
+            metrics_addr: Some(std::net::SocketAddr::new(loopback, 0)),
+            shutdown_drain: Duration::ZERO,
+            ..Self::default()
+        }
+    }
+
+    /// What cluster mode needs of the settings together: a heartbeat that
+    /// can always be written within its interval.
+    pub fn check_cluster(&self) -> Result<(), String> {
+        if self.redis_url.is_none() || self.store_timeout * 3 <= self.node_timeout {
+            return Ok(());
+        }
+        Err(format!(
+            "STORE_TIMEOUT_MS ({} ms) must be at most a third of NODE_TIMEOUT_SECS ({} s): \
+             a heartbeat slower than its interval would make this node look dead",
+            self.store_timeout.as_millis(),
+            self.node_timeout.as_secs()
+        ))
+    }
+
     /// Reads the settings from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads the settings through `lookup` (the environment in production, a map in tests).
+    /// Reads the settings through `lookup` (the environment in production, a
+    /// map in tests); an unset variable takes its default from [`SETTINGS`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
-        let defaults = Self::default();
         let config = Self {
-            host: env.parse("HOST", IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,
-            port: env.parse("PORT", 3001)?,
-            client_origins: env.with("CLIENT_URL", defaults.client_origins, AllowedOrigins::parse)?,
-            node_env: env.get("NODE_ENV").unwrap_or(defaults.node_env),
-            debug: env.with("DEBUG", false, parse_bool)?,
-            log_format: env.parse("LOG_FORMAT", defaults.log_format)?,
-            session_idle_timeout: env.secs("SESSION_IDLE_TIMEOUT_SECS", defaults.session_idle_timeout)?,
-            session_member_timeout: env
-                .secs("SESSION_MEMBER_TIMEOUT_SECS", defaults.session_member_timeout)?,
-            cleanup_interval: env.secs("CLEANUP_INTERVAL_SECS", defaults.cleanup_interval)?,
-            max_payload_bytes: env.positive("MAX_PAYLOAD_BYTES", defaults.max_payload_bytes)?,
-            ping_interval: env.millis("PING_INTERVAL_MS", defaults.ping_interval)?,
-            ping_timeout: env.millis("PING_TIMEOUT_MS", defaults.ping_timeout)?,
-            original_content: env.parse("ORIGINAL_CONTENT", defaults.original_content)?,
-            max_sessions: env.positive("MAX_SESSIONS", defaults.max_sessions)?,
-            max_group_members: env.with("MAX_GROUP_MEMBERS", defaults.max_group_members, |v| match v
-                .parse::<usize>()
-            {
+            host: env.parse("HOST")?,
+            port: env.parse("PORT")?,
+            client_origins: env.with("CLIENT_URL", AllowedOrigins::parse)?,
+            node_env: env.with("NODE_ENV", |v| Ok(v.to_owned()))?,
+            debug: env.with("DEBUG", parse_bool)?,
+            log_format: env.parse("LOG_FORMAT")?,
+            session_idle_timeout: env.secs("SESSION_IDLE_TIMEOUT_SECS")?,
+            session_member_timeout: env.secs("SESSION_MEMBER_TIMEOUT_SECS")?,
+            cleanup_interval: env.secs("CLEANUP_INTERVAL_SECS")?,
+            max_payload_bytes: env.with("MAX_PAYLOAD_BYTES", |v| match v.parse::<u64>() {
+                Ok(n) if n > u64::from(u32::MAX) => Err("must be at most 4294967295".into()),
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err("expected a positive whole number".into()),
+            })?,
+            ping_interval: env.millis("PING_INTERVAL_MS")?,
+            ping_timeout: env.millis("PING_TIMEOUT_MS")?,
+            original_content: env.parse("ORIGINAL_CONTENT")?,
+            max_sessions: env.positive("MAX_SESSIONS")?,
+            max_group_members: env.with("MAX_GROUP_MEMBERS", |v| match v.parse::<usize>() {
                 Ok(n) if n >= 2 => Ok(n),
                 _ => Err("expected a whole number of at least 2".into()),
             })?,
-            max_history_messages: env.parse("MAX_HISTORY_MESSAGES", defaults.max_history_messages)?,
-            max_history_bytes: env.parse("MAX_HISTORY_BYTES", defaults.max_history_bytes)?,
-            max_total_history_bytes: env
-                .positive("MAX_TOTAL_HISTORY_BYTES", defaults.max_total_history_bytes)?,
-            redis_url: env.get("REDIS_URL"),
-            redis_tls_ca_file: env.get("REDIS_TLS_CA_FILE").map(PathBuf::from),
-            redis_prefix: env.with("REDIS_PREFIX", defaults.redis_prefix.clone(), |v| {
-                let ok = !v.is_empty()
-                    && v.len() <= 64
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-                if ok {
-                    Ok(v.to_owned())
-                } else {
-                    Err("expected 1 to 64 characters of A-Z a-z 0-9 - _ .".into())
-                }
+            max_history_messages: env.parse("MAX_HISTORY_MESSAGES")?,
+            max_history_bytes: env.parse("MAX_HISTORY_BYTES")?,
+            max_total_history_bytes: env.positive("MAX_TOTAL_HISTORY_BYTES")?,
+            redis_url: env.optional("REDIS_URL", |v| Ok(v.to_owned()))?,
+            redis_tls_ca_file: env.optional("REDIS_TLS_CA_FILE", |v| Ok(PathBuf::from(v)))?,
+            redis_prefix: env.with("REDIS_PREFIX", redis_name)?,
+            node_id: env
+                .optional("NODE_ID", redis_name)?
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+            node_timeout: env.with("NODE_TIMEOUT_SECS", |v| match v.parse::<u64>() {
+                Ok(n) if (2..=300).contains(&n) => Ok(Duration::from_secs(n)),
+                _ => Err("expected a whole number of seconds from 2 to 300".into()),
             })?,
-            node_id: env.with("NODE_ID", defaults.node_id.clone(), |v| {
-                let ok = !v.is_empty()
-                    && v.len() <= 64
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-                if ok {
-                    Ok(v.to_owned())
-                } else {
-                    Err("expected 1 to 64 characters of A-Z a-z 0-9 - _ .".into())
-                }
-            })?,
-            node_timeout: env.with("NODE_TIMEOUT_SECS", defaults.node_timeout, |v| {
-                match v.parse::<u64>() {
-                    Ok(n) if (2..=300).contains(&n) => Ok(Duration::from_secs(n)),
-                    _ => Err("expected a whole number of seconds from 2 to 300".into()),
-                }
-            })?,
-            store_timeout: env.millis("STORE_TIMEOUT_MS", defaults.store_timeout)?,
-            max_connections: env.positive("MAX_CONNECTIONS", defaults.max_connections)?,
-            header_read_timeout: env.secs("HEADER_READ_TIMEOUT_SECS", defaults.header_read_timeout)?,
-            api_request_timeout: env.secs("API_REQUEST_TIMEOUT_SECS", defaults.api_request_timeout)?,
-            trust_proxy: env.with("TRUST_PROXY", None, |v| {
+            store_timeout: env.millis("STORE_TIMEOUT_MS")?,
+            max_connections: env.positive("MAX_CONNECTIONS")?,
+            header_read_timeout: env.secs("HEADER_READ_TIMEOUT_SECS")?,
+            api_request_timeout: env.secs("API_REQUEST_TIMEOUT_SECS")?,
+            trust_proxy: env.optional("TRUST_PROXY", |v| {
                 http::HeaderName::from_bytes(v.to_ascii_lowercase().as_bytes())
-                    .map(Some)
                     .map_err(|_| "expected a header name such as x-forwarded-for".into())
             })?,
-            max_sockets_per_ip: env.parse("MAX_SOCKETS_PER_IP", defaults.max_sockets_per_ip)?,
-            handshake_rate_per_ip: env.parse("HANDSHAKE_RATE_PER_IP", defaults.handshake_rate_per_ip)?,
-            reserve_rate_per_ip: env.parse("RESERVE_RATE_PER_IP", defaults.reserve_rate_per_ip)?,
-            send_rate_per_socket: env.parse("SEND_RATE_PER_SOCKET", defaults.send_rate_per_socket)?,
-            send_burst_per_socket: env.positive("SEND_BURST_PER_SOCKET", defaults.send_burst_per_socket)?,
-            join_rate_per_min: env.parse("JOIN_RATE_PER_MIN", defaults.join_rate_per_min)?,
-            typing_rate_per_min: env.parse("TYPING_RATE_PER_MIN", defaults.typing_rate_per_min)?,
-            key_rate_per_min: env.parse("KEY_RATE_PER_MIN", defaults.key_rate_per_min)?,
-            metrics_addr: env.with(
-                "METRICS_ADDR",
-                Some(DEFAULT_METRICS_ADDR.parse().expect("valid")),
-                |v| {
-                    if v == "off" {
-                        return Ok(None);
-                    }
-                    v.parse()
-                        .map(Some)
-                        .map_err(|_| "expected host:port such as 127.0.0.1:9464, or off".into())
-                },
-            )?,
-            shutdown_drain: Duration::from_secs(env.parse("SHUTDOWN_DRAIN_SECS", 1u64)?),
+            max_sockets_per_ip: env.parse("MAX_SOCKETS_PER_IP")?,
+            handshake_rate_per_ip: env.parse("HANDSHAKE_RATE_PER_IP")?,
+            reserve_rate_per_ip: env.parse("RESERVE_RATE_PER_IP")?,
+            send_rate_per_socket: env.parse("SEND_RATE_PER_SOCKET")?,
+            send_burst_per_socket: env.positive("SEND_BURST_PER_SOCKET")?,
+            join_rate_per_min: env.parse("JOIN_RATE_PER_MIN")?,
+            typing_rate_per_min: env.parse("TYPING_RATE_PER_MIN")?,
+            key_rate_per_min: env.parse("KEY_RATE_PER_MIN")?,
+            metrics_addr: env.with("METRICS_ADDR", |v| match v {
+                "off" => Ok(None),
+                v => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| "expected host:port such as 127.0.0.1:9464, or off".into()),
+            })?,
+            shutdown_drain: Duration::from_secs(env.parse("SHUTDOWN_DRAIN_SECS")?),
             #[cfg(feature = "test-hooks")]
             test_panic_event: None,
         };
-        if config.max_payload_bytes > u64::from(u32::MAX) {
-            return Err(ConfigError {
-                name: "MAX_PAYLOAD_BYTES",
-                value: config.max_payload_bytes.to_string(),
-                reason: "must be at most 4294967295".into(),
-            });
-        }
         Ok(config)
     }
 }
@@ -465,61 +319,79 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-/// Typed access to the variables; every error names the variable and its value.
+/// `REDIS_PREFIX` and `NODE_ID`: names inside Redis keys.
+fn redis_name(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err("expected 1 to 64 characters of A-Z a-z 0-9 - _ .".into())
+    }
+}
+
+/// Typed access to the variables, each falling back to its default in
+/// [`SETTINGS`]; every error names the variable and its value.
 struct Env<'a, F: Fn(&str) -> Option<String>>(&'a F);
 
 impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
-    /// The trimmed value, with empty treated as unset.
-    fn get(&self, name: &str) -> Option<String> {
+    /// The trimmed value, or the default; empty is unset.
+    fn get(&self, name: &'static str) -> Option<String> {
         (self.0)(name)
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())
+            .or_else(|| Some(setting(name).default.to_owned()).filter(|d| !d.is_empty()))
     }
 
-    fn with<T>(
+    /// A setting that may be unset (its default is).
+    fn optional<T>(
         &self,
         name: &'static str,
-        default: T,
         parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
+    ) -> Result<Option<T>, ConfigError> {
         match self.get(name) {
-            None => Ok(default),
-            Some(value) => parse(&value).map_err(|reason| ConfigError { name, value, reason }),
+            None => Ok(None),
+            Some(value) => parse(&value)
+                .map(Some)
+                .map_err(|reason| ConfigError { name, value, reason }),
         }
     }
 
-    fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    /// A setting with a default.
+    fn with<T>(&self, name: &'static str, parse: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        self.optional(name, parse)?.ok_or_else(|| ConfigError {
+            name,
+            value: String::new(),
+            reason: "has no default and must be set".into(),
+        })
+    }
+
+    fn parse<T: FromStr>(&self, name: &'static str) -> Result<T, ConfigError>
     where
         T::Err: fmt::Display,
     {
-        self.with(name, default, |v| v.parse::<T>().map_err(|e| e.to_string()))
+        self.with(name, |v| v.parse::<T>().map_err(|e| e.to_string()))
     }
 
-    fn positive<T: FromStr + Default + PartialOrd>(
-        &self,
-        name: &'static str,
-        default: T,
-    ) -> Result<T, ConfigError> {
-        self.with(name, default, |v| match v.parse::<T>() {
+    fn positive<T: FromStr + Default + PartialOrd>(&self, name: &'static str) -> Result<T, ConfigError> {
+        self.with(name, |v| match v.parse::<T>() {
             Ok(n) if n > T::default() => Ok(n),
             _ => Err("expected a positive whole number".into()),
         })
     }
 
-    fn secs(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        let secs = self.positive(name, default.as_secs())?;
-        Ok(Duration::from_secs(secs))
+    fn secs(&self, name: &'static str) -> Result<Duration, ConfigError> {
+        self.positive(name).map(Duration::from_secs)
     }
 
-    fn millis(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        let ms = self.positive(name, default.as_millis() as u64)?;
-        Ok(Duration::from_millis(ms))
+    fn millis(&self, name: &'static str) -> Result<Duration, ConfigError> {
+        self.positive(name).map(Duration::from_millis)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -608,5 +480,39 @@ mod tests {
         assert!(config(&[("DEBUG", "true")]).unwrap().debug);
         assert!(config(&[("DEBUG", "TRUE")]).unwrap().debug);
         assert!(!config(&[("DEBUG", "false")]).unwrap().debug);
+    }
+
+    #[test]
+    fn every_setting_is_documented_with_its_default() {
+        let readme = include_str!("../../README.md");
+        let example = include_str!("../../.env.example");
+        for s in SETTINGS {
+            let default = if s.default.is_empty() { "unset" } else { s.default };
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", s.name)))
+                .unwrap_or_else(|| panic!("README has no row for {}", s.name));
+            assert!(
+                row.contains(&format!("| `{default}` |")) || row.contains(&format!("| {default} |")),
+                "README's default of {} is not {default}: {row}",
+                s.name
+            );
+            let line = example
+                .lines()
+                .find(|l| l.trim_start_matches("# ").starts_with(&format!("{}=", s.name)))
+                .unwrap_or_else(|| panic!(".env.example has no line for {}", s.name));
+            assert_eq!(line.trim_start_matches("# "), format!("{}={}", s.name, s.default));
+        }
+        assert!(help_text().lines().filter(|l| l.contains("default: ")).count() == SETTINGS.len());
+    }
+
+    #[test]
+    fn the_default_config_is_the_documented_one() {
+        let c = Config::default();
+        assert_eq!((c.host, c.port), (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 3001));
+        assert_eq!(c.shutdown_drain, Duration::from_secs(1));
+        let local = Config::local();
+        assert_eq!((local.host, local.port), (IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+        assert_eq!(local.max_sessions, c.max_sessions);
     }
 }

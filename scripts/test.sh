@@ -3,7 +3,8 @@
 #   1. installs what the tests need when it is missing (Debian's chromium and
 #      redis-server, npm packages), or says exactly what is missing;
 #   2. builds the release binary exactly as the Dockerfile does;
-#   3. Rust unit and integration tests (cargo test);
+#   3. Rust unit and integration tests (cargo test), and a check that the
+#      fuzz targets still build;
 #   4. the wire-compatibility suite with socket.io-client 4.8 (node --test),
 #      once on the embedded store and once on the Redis store;
 #   5. the multi-node suite: 3 server processes sharing one redis-server
@@ -53,6 +54,9 @@ export E2E_SERVER_BIN="$root/target/release/e2e-chat-server"
 # --- suites --------------------------------------------------------------------
 say "Rust tests (with the fault-injection hooks of the test-hooks feature)"
 cargo test --locked --features test-hooks
+
+say "fuzz targets build (running them stays out of CI: fuzz/README.md)"
+(cd fuzz && cargo check --locked --all-targets)
 
 say "wire-compatibility suite (socket.io-client 4.8)"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && node --test)

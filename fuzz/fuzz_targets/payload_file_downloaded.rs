@@ -1,8 +1,9 @@
 //! `file-downloaded`: arbitrary bytes as JSON into the payload struct, the
-//! worker's checks, then the store call.
+//! handler's validation (`socket::validate`), then the store call.
 #![no_main]
 
-use e2e_chat_server::socket::payloads::{FileDownloaded, MAX_FILE_NAME_LEN};
+use e2e_chat_server::socket::payloads::FileDownloaded;
+use e2e_chat_server::socket::validate::{download_notice, MAX_FILE_NAME_LEN};
 use e2e_chat_server_fuzz::{check, conn, seeded, session_of, speaker};
 use libfuzzer_sys::fuzz_target;
 
@@ -20,10 +21,11 @@ fuzz_target!(|data: &[u8]| {
     if p.downloaded_by.as_deref().is_some_and(|u| u != user.as_str()) {
         return;
     }
-    let Some(sender) = p.sender_id else { return };
-    if p.file_name.as_ref().is_some_and(|f| f.len() > MAX_FILE_NAME_LEN) {
+    let Ok((sender, notice)) = download_notice(p, &user) else {
         return;
-    }
+    };
+    assert!(notice.file_name.len() <= MAX_FILE_NAME_LEN, "an oversized file name passed validation");
+    assert!(!notice.downloaded_by.is_empty(), "a notice without a downloader");
     let store = seeded();
     let result = store.download_target(&session, &user, &c, &sender);
     check(&store);

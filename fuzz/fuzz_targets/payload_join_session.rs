@@ -3,7 +3,8 @@
 #![no_main]
 
 use e2e_chat_server::domain::ids::SessionRef;
-use e2e_chat_server::socket::payloads::{join_request, JoinSession};
+use e2e_chat_server::socket::payloads::JoinSession;
+use e2e_chat_server::socket::validate::join_request;
 use e2e_chat_server_fuzz::{check, conn, seeded, sid, uid};
 use libfuzzer_sys::fuzz_target;
 

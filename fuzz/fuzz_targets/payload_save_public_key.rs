@@ -1,11 +1,11 @@
 //! `save-public-key`: arbitrary bytes as JSON into the payload struct, the
-//! worker's size checks, then the store call.
+//! handler's validation (`socket::validate`), then the store call.
 #![no_main]
 
-use e2e_chat_server::socket::payloads::{display_name, json_len, SavePublicKey, MAX_PUBLIC_KEY_BYTES};
+use e2e_chat_server::socket::payloads::SavePublicKey;
+use e2e_chat_server::socket::validate::{json_len, public_key_request, MAX_PUBLIC_KEY_BYTES};
 use e2e_chat_server_fuzz::{check, seeded, session_of, speaker};
 use libfuzzer_sys::fuzz_target;
-use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, json)) = data.split_first() else {
@@ -21,13 +21,10 @@ fuzz_target!(|data: &[u8]| {
     if p.user_id.as_deref().is_some_and(|u| u != user.as_str()) {
         return;
     }
-    let key = p.public_key.unwrap_or(Value::Null);
-    if json_len(&key) > MAX_PUBLIC_KEY_BYTES {
-        return;
-    }
-    let Ok(name) = display_name(p.display_name) else {
+    let Ok((key, name)) = public_key_request(p) else {
         return;
     };
+    assert!(json_len(&key) <= MAX_PUBLIC_KEY_BYTES, "an oversized key passed validation");
     let store = seeded();
     let result = store.save_public_key(&session, &user, &c, key.clone(), name);
     check(&store);

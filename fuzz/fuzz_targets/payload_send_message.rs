@@ -1,10 +1,13 @@
 //! `send-message`: arbitrary bytes as JSON into the payload struct, the
-//! worker's checks, then the store call (three times, to reach the history bounds).
+//! handler's validation (`socket::validate`), then the store call (three
+//! times, to reach the history bounds).
 #![no_main]
 
-use e2e_chat_server::store::{NewMessage, Route};
 use e2e_chat_server::domain::EventError;
-use e2e_chat_server::socket::payloads::{SendMessage, MAX_CLIENT_MESSAGE_ID_LEN, MAX_TYPE_LEN};
+use e2e_chat_server::socket::payloads::SendMessage;
+use e2e_chat_server::socket::validate::{send_request, MAX_CLIENT_MESSAGE_ID_LEN, MAX_TYPE_LEN};
+use e2e_chat_server::store::{NewMessage, Route};
+use e2e_chat_server::OriginalContent;
 use e2e_chat_server_fuzz::{check, seeded, session_of, speaker};
 use libfuzzer_sys::fuzz_target;
 
@@ -22,36 +25,40 @@ fuzz_target!(|data: &[u8]| {
     if p.from.as_deref().is_some_and(|f| f != user.as_str()) {
         return;
     }
-    let Some(encrypted) = p.encrypted.filter(|v| !v.is_null()) else {
+    let keep = selector & 0x80 != 0;
+    let policy = if keep { OriginalContent::Author } else { OriginalContent::Echo };
+    let to = p.to.clone();
+    let client_message_id = p.client_message_id.clone();
+    let Ok(req) = send_request(p, policy) else {
         return;
     };
-    if p.kind.as_ref().is_some_and(|t| t.len() > MAX_TYPE_LEN)
-        || p.client_message_id
-            .as_ref()
-            .is_some_and(|id| id.is_empty() || id.len() > MAX_CLIENT_MESSAGE_ID_LEN)
-    {
-        return;
-    }
+    let m = &req.message;
+    assert!(!m.encrypted.is_null(), "a message without ciphertext passed validation");
+    assert!(m.kind.as_ref().is_none_or(|t| t.len() <= MAX_TYPE_LEN));
+    assert!(m
+        .client_message_id
+        .as_ref()
+        .is_none_or(|id| !id.is_empty() && id.len() <= MAX_CLIENT_MESSAGE_ID_LEN));
     let store = seeded();
     for round in 0..3u64 {
         let out = NewMessage {
-            to: p.to.clone().map(Into::into),
-            encrypted: encrypted.clone(),
-            original_content: p.original_content.clone(),
-            kind: p.kind.clone().map(Into::into),
-            client_message_id: p.client_message_id.clone().map(Into::into),
+            to: m.to.clone(),
+            encrypted: m.encrypted.clone(),
+            original_content: m.original_content.clone(),
+            kind: m.kind.clone(),
+            client_message_id: m.client_message_id.clone(),
         };
-        let result = store.send_message(&session, &user, &c, out, round, selector & 0x80 != 0);
+        let result = store.send_message(&session, &user, &c, out, round, keep);
         check(&store);
         match result {
             Ok(sent) => {
                 assert_eq!(sent.message.from, user);
-                if let Some(id) = &p.client_message_id {
+                if let Some(id) = &client_message_id {
                     assert_eq!(&*sent.message.id, id.as_str());
                     assert_eq!(sent.is_new, round == 0, "an id is new only the first time");
                 }
                 if let Route::Conn(_) = sent.route {
-                    assert!(p.to.as_deref().is_some_and(|t| t != "all"));
+                    assert!(to.as_deref().is_some_and(|t| t != "all"));
                 }
             }
             Err(EventError::NotInSession | EventError::UnknownRecipient) => {}

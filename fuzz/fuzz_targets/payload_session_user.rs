@@ -3,7 +3,8 @@
 #![no_main]
 
 use e2e_chat_server::domain::UserId;
-use e2e_chat_server::socket::payloads::{display_name, SessionUser};
+use e2e_chat_server::socket::payloads::SessionUser;
+use e2e_chat_server::socket::validate::display_name;
 use e2e_chat_server_fuzz::{check, seeded, session_of, speaker};
 use libfuzzer_sys::fuzz_target;
 

@@ -1,9 +1,10 @@
 //! `set-session-key`: arbitrary bytes as JSON into the payload struct, the
-//! worker's shape and size checks, then the store call.
+//! handler's validation (`socket::validate`), then the store call.
 #![no_main]
 
 use e2e_chat_server::domain::EventError;
-use e2e_chat_server::socket::payloads::{json_len, SetSessionKey, MAX_WRAPPED_KEYS_BYTES};
+use e2e_chat_server::socket::payloads::SetSessionKey;
+use e2e_chat_server::socket::validate::{json_len, wrapped_keys, MAX_WRAPPED_KEYS_BYTES};
 use e2e_chat_server_fuzz::{check, seeded, session_of, speaker};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -18,14 +19,11 @@ fuzz_target!(|data: &[u8]| {
     let Some(session) = p.session_id.as_deref().and_then(session_of) else {
         return;
     };
-    let Some(Value::Object(keys)) = p.encrypted_keys else {
+    let Ok(keys) = wrapped_keys(p.encrypted_keys) else {
         return;
     };
-    if !keys.values().all(Value::is_string)
-        || keys.iter().map(|(k, v)| k.len() + json_len(v)).sum::<usize>() > MAX_WRAPPED_KEYS_BYTES
-    {
-        return;
-    }
+    assert!(keys.values().all(Value::is_string), "a non-string wrapped key passed validation");
+    assert!(keys.iter().map(|(k, v)| k.len() + json_len(v)).sum::<usize>() <= MAX_WRAPPED_KEYS_BYTES);
     let (user, c) = speaker(selector);
     let store = seeded();
     let result = store.set_session_key(&session, &user, &c, keys.clone());
@@ -36,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(user.as_str(), "alice", "only the creator sets the key");
             assert_eq!(*stored, keys);
         }
-        Err(EventError::NotInSession | EventError::NotAllowed(_)) => {}
+        Err(EventError::NotInSession | EventError::NotGroupSession | EventError::NotCreator) => {}
         Err(e) => panic!("unexpected refusal {e:?}"),
     }
 });

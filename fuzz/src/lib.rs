@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e_chat_server::store::{JoinRequest, Limits, Store};
+use e2e_chat_server::store::{JoinRequest, Limits, MemoryStore as Store};
 use e2e_chat_server::domain::{ChatMode, ConnId, SessionId, UserId};
 
 /// Small bounds, so that the fuzzer reaches them quickly.

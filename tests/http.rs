@@ -1,4 +1,4 @@
-//! CONTRACT.md sections 1 (transport: CORS, origins, Engine.IO version,
+//! docs/PROTOCOL.md sections 1 (transport: CORS, origins, Engine.IO version,
 //! handshake values, upgrade) and 2 (the HTTP API).
 
 mod common;

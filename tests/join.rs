@@ -1,4 +1,4 @@
-//! CONTRACT.md sections 3–5: `join-session`, step by step, with every
+//! docs/PROTOCOL.md sections 3–5: `join-session`, step by step, with every
 //! refusal and what it must not leak.
 
 mod common;
@@ -468,7 +468,7 @@ async fn double_join_on_one_socket_changes_nothing_but_resends_history_metadata_
 #[tokio::test]
 async fn every_join_sent_right_after_connecting_is_answered() {
     // socketioxide can drop events that arrive before the connect handler
-    // has run (SOCKETIOXIDE-NOTES.md, point 11); a join storm shows it.
+    // has run (docs/PROTOCOL.md, "Facts about the stack", point 11); a join storm shows it.
     let server = TestServer::start().await;
     let _alice = server
         .open_session(Transport::WebSocket, "storm", "k", "group", "alice")

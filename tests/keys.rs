@@ -1,4 +1,4 @@
-//! CONTRACT.md section 5: public keys (`get-public-keys`,
+//! docs/PROTOCOL.md section 5: public keys (`get-public-keys`,
 //! `save-public-key`) and the group key (`set-session-key`,
 //! `session-key-available`, `session-metadata`).
 

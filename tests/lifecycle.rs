@@ -1,4 +1,4 @@
-//! CONTRACT.md sections 4–5: leaving, disconnecting, reconnecting,
+//! docs/PROTOCOL.md sections 4–5: leaving, disconnecting, reconnecting,
 //! cleanup of idle and expired sessions, graceful shutdown.
 
 mod common;

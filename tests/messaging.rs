@@ -1,4 +1,4 @@
-//! CONTRACT.md section 5: `send-message` (routing, ids, plaintext modes,
+//! docs/PROTOCOL.md section 5: `send-message` (routing, ids, plaintext modes,
 //! order), history replay per viewer, `file-downloaded`, typing.
 
 mod common;

@@ -1,4 +1,4 @@
-//! CONTRACT.md sections 1, 5 and 7: payloads of the wrong shape, garbage
+//! docs/PROTOCOL.md sections 1, 5 and 7: payloads of the wrong shape, garbage
 //! on the wire and oversized messages never crash anything and never
 //! affect other sessions.
 
@@ -153,7 +153,7 @@ async fn every_event_with_a_wrong_payload_gets_invalid_payload_and_leaks_nothing
                             && error["message"].is_string() => {}
                     // get-public-keys answers a request that names no
                     // session it is bound to with an empty list, not an
-                    // error (CONTRACT.md, get-public-keys).
+                    // error (docs/PROTOCOL.md, get-public-keys).
                     None if event == "get-public-keys"
                         && alice.try_recv_event("public-keys-updated", Duration::ZERO).await
                             == Some(json!([])) => {}

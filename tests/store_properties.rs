@@ -4,7 +4,7 @@
 //! lifetime and the idle sweep (paused, advanced time) that every result is
 //! compared with.
 //!
-//! The model follows CONTRACT.md sections 4 and 5 and, for what happens
+//! The model follows docs/PROTOCOL.md sections 4 and 5 and, for what happens
 //! around a store call, the socket worker: a socket holds one binding
 //! (joining as someone else leaves the previous one) and a socket's
 //! disconnect is a `disconnect` with that binding.

@@ -10,7 +10,7 @@
 //! per IP) and then rebuilt from fresh copies of only the headers the engine
 //! needs: engineioxide keeps a socket's request parts for the socket's whole
 //! life, and hyper's originals are slices of its 16 KB read buffer, which
-//! would stay allocated per connection (SOCKETIOXIDE-NOTES.md, point 4).
+//! would stay allocated per connection (docs/PROTOCOL.md, "Facts about the stack", point 4).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

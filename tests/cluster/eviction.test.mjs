@@ -1,4 +1,4 @@
-// Session lifetime across nodes (CONTRACT.md section 4 "Cleanup") with short
+// Session lifetime across nodes (docs/PROTOCOL.md section 4 "Cleanup") with short
 // timeouts. Every node sweeps, but a session is evicted once: each member
 // socket, whichever node it is on, gets SESSION_EXPIRED exactly once.
 

@@ -1,6 +1,6 @@
 // The chat across nodes: three server processes share one Redis; the
 // creator, the joiner and the late joiner sit on different nodes and see the
-// same conversation as on one node (CONTRACT.md section 5), in order.
+// same conversation as on one node (docs/PROTOCOL.md section 5), in order.
 
 import assert from 'node:assert/strict';
 import { describe } from 'node:test';

@@ -1,4 +1,4 @@
-// Group sessions and the wrapped group key (CONTRACT.md, set-session-key and
+// Group sessions and the wrapped group key (docs/PROTOCOL.md, set-session-key and
 // join step 9).
 
 import assert from 'node:assert/strict';

@@ -1,4 +1,4 @@
-// HTTP API and transport-level checks (CONTRACT.md sections 1 and 2).
+// HTTP API and transport-level checks (docs/PROTOCOL.md sections 1 and 2).
 
 import assert from 'node:assert/strict';
 import http from 'node:http';

@@ -1,4 +1,4 @@
-// join-session as the stock frontend does it (CONTRACT.md sections 3–5):
+// join-session as the stock frontend does it (docs/PROTOCOL.md sections 3–5):
 // creator and joiner, the pre-join get-public-keys, the double join, the
 // reconnect with publicKey null, and the join refusals.
 

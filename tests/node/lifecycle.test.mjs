@@ -1,4 +1,4 @@
-// Session lifetime (CONTRACT.md section 4 "Cleanup"), with short timeouts:
+// Session lifetime (docs/PROTOCOL.md section 4 "Cleanup"), with short timeouts:
 // SESSION_IDLE_TIMEOUT_SECS=2, SESSION_MEMBER_TIMEOUT_SECS=5,
 // CLEANUP_INTERVAL_SECS=1.
 

@@ -1,5 +1,5 @@
 // Messages, routing, history, typing, downloads, leaving and the refusals of
-// events from sockets that are not entitled to send them (CONTRACT.md
+// events from sockets that are not entitled to send them (docs/PROTOCOL.md
 // sections 5 and 7).
 
 import assert from 'node:assert/strict';

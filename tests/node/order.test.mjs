@@ -1,4 +1,4 @@
-// Order (CONTRACT.md send-message "Order"): messages from one sender reach
+// Order (docs/PROTOCOL.md send-message "Order"): messages from one sender reach
 // each recipient in the order they were sent, on both transports.
 
 import assert from 'node:assert/strict';

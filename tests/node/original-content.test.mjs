@@ -1,4 +1,4 @@
-// ORIGINAL_CONTENT=echo|author|drop (CONTRACT.md send-message "[fix]
+// ORIGINAL_CONTENT=echo|author|drop (docs/PROTOCOL.md send-message "[fix]
 // Plaintext"): who ever sees the plaintext the stock client sends beside the
 // ciphertext.
 

@@ -1,4 +1,4 @@
-// Password rooms (CONTRACT.md section 4 "password", join steps 1 and 4, and
+// Password rooms (docs/PROTOCOL.md section 4 "password", join steps 1 and 4, and
 // section 3: the joiner keeps sending "ROOM:password:<base64>" as sessionId).
 
 import assert from 'node:assert/strict';

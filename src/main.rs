@@ -93,7 +93,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(addr = %server.addr(), %metrics, "listening");
     shutdown_signal().await;
-    tracing::info!("shutting down (a second signal exits at once)");
+    tracing::info!(second_signal = "exits at once", "shutting down");
     tokio::spawn(async {
         shutdown_signal().await;
         tracing::warn!("second signal during shutdown: exiting at once");

@@ -18,7 +18,7 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::cluster;
 use crate::config::{AllowedOrigins, Config};
@@ -248,7 +248,9 @@ fn request_router<A: Adapter>(
         request_timeout: config.api_request_timeout,
         readiness: readiness.clone(),
     })
-    .layer(TraceLayer::new_for_http());
+    // A 503 from `/ready` while draining is expected, not an error: API
+    // failures are traced at `debug`, like the requests themselves.
+    .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)));
     let router = RequestRouter {
         socket_io: service,
         io: io.clone(),

@@ -197,7 +197,7 @@ start_node() { # index, log file, extra env...; appends to SERVER_PIDS and NODE_
   for try in 1 2 3; do
     port=$(free_port)
     env -u REDIS_URL -u REDIS_PREFIX -u NODE_ID HOST=127.0.0.1 PORT="$port" CLIENT_URL=http://localhost:5173 \
-      MAX_SOCKETS_PER_IP=0 HANDSHAKE_RATE_PER_IP=0 RESERVE_RATE_PER_IP=0 \
+      MAX_SOCKETS_PER_IP=0 HANDSHAKE_RATE_PER_IP=0 RESERVE_RATE_PER_IP=0 MAX_SESSIONS_PER_IP=0 \
       SEND_RATE_PER_SOCKET=0 JOIN_RATE_PER_MIN=0 TYPING_RATE_PER_MIN=0 KEY_RATE_PER_MIN=0 \
       MAX_CONNECTIONS=100000 METRICS_ADDR=off SHUTDOWN_DRAIN_SECS=0 "$@" \
       "${PRIO[@]}" taskset -c "$SERVER_CPU" "$SERVER" >>"$log" 2>&1 &

@@ -7,18 +7,21 @@ use socketioxide::SocketIo;
 use tokio::time::{self, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
 use crate::limits::IpLimiter;
+use crate::quota::SessionQuota;
+use crate::store::Store;
 use crate::socket::relay::Relay;
 
 /// Sweeps every `interval` until `stop` is cancelled. Members of a session
 /// evicted while they are still connected are told `SESSION_EXPIRED` and
 /// removed from its room (in a cluster, by the one node that evicted it).
-/// Also prunes the per-IP rate limiters, so their state stays bounded.
+/// Also prunes the per-IP rate limiters and the session quota, so their
+/// state stays bounded.
 pub async fn run<A: Adapter>(
     store: Store,
     io: SocketIo<A>,
     limiters: Vec<Arc<IpLimiter>>,
+    quota: Arc<SessionQuota>,
     interval: std::time::Duration,
     stop: CancellationToken,
 ) {
@@ -32,6 +35,7 @@ pub async fn run<A: Adapter>(
         for limiter in &limiters {
             limiter.prune();
         }
+        quota.prune(&store).await;
         // Redis down: nothing is evicted now; the next sweep catches up.
         let Ok(sweep) = store.sweep().await else { continue };
         if sweep.evicted > 0 {
@@ -61,6 +65,7 @@ mod tests {
             max_total_history_bytes: 1 << 30,
             idle_timeout: Duration::from_secs(1800),
             member_timeout: Duration::from_secs(7200),
+            history_page_bytes: 1 << 14,
         })
     }
 
@@ -74,6 +79,7 @@ mod tests {
             offered_key: Some("key".into()),
             offered_password: None,
             mode: ChatMode::Group,
+            may_create: true,
         };
         store.join(req, &ConnId::new(conn), 0).unwrap();
     }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod quota;
 pub mod server;
 pub mod socket;
 pub mod store;

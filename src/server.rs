@@ -31,7 +31,8 @@ use crate::limits::{IpLimiter, Rate};
 use crate::store::redis::driver::ManagedDriver;
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::socket::relay::Relay;
-use crate::socket::{self, App, ClusterAdapter};
+use crate::quota::SessionQuota;
+use crate::socket::{self, App, ClusterAdapter, Creations};
 
 /// How long shutdown waits for sockets' departures to be handled.
 const DRAIN_WORKERS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -76,12 +77,17 @@ impl Server {
             max_total_history_bytes: config.max_total_history_bytes,
             idle_timeout: config.session_idle_timeout,
             member_timeout: config.session_member_timeout,
+            history_page_bytes: crate::store::HISTORY_PAGE_BYTES,
         };
         crate::metrics::init();
         let workers = TaskTracker::new();
+        let creations = Creations {
+            rate: Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(config.reserve_rate_per_ip))),
+            quota: SessionQuota::new(config.max_sessions_per_ip),
+        };
         let Some(url) = config.redis_url.clone() else {
             let store = Store::memory(limits);
-            let app = App::new(&config, store.clone(), workers.clone());
+            let app = App::new(&config, store.clone(), workers.clone(), creations.clone());
             let (service, io) = socket::builder(&config, app).build_svc();
             io.ns("/", socket::connect_handler());
             return Assembly {
@@ -90,6 +96,7 @@ impl Server {
                 service,
                 io,
                 workers,
+                creations,
                 cluster: None,
             }
             .start()
@@ -104,11 +111,10 @@ impl Server {
             node_timeout: config.node_timeout,
             store_timeout: config.store_timeout,
             cleanup_interval: config.cleanup_interval,
-            history_chunk_bytes: crate::store::redis::HISTORY_CHUNK_BYTES,
         };
         let (redis, driver) = crate::store::redis::connect(&settings, limits).await?;
         let store = Store::Redis(redis.clone());
-        let app = App::new(&config, store.clone(), workers.clone());
+        let app = App::new(&config, store.clone(), workers.clone(), creations.clone());
         let adapter = RedisAdapterCtr::new_with_driver(
             driver.clone(),
             RedisAdapterConfig::new()
@@ -132,6 +138,7 @@ impl Server {
             service,
             io,
             workers,
+            creations,
             cluster: Some((redis, driver)),
         }
         .start()
@@ -146,6 +153,7 @@ struct Assembly<A: Adapter> {
     service: SocketIoService<NotFoundService, A>,
     io: SocketIo<A>,
     workers: TaskTracker,
+    creations: Creations,
     cluster: Option<(RedisStore, ManagedDriver)>,
 }
 
@@ -157,10 +165,11 @@ impl<A: Adapter> Assembly<A> {
             service,
             io,
             workers,
+            creations,
             cluster,
         } = self;
         let readiness = Readiness::default();
-        let (router, limiters) = request_router(&config, &store, service, &io, &readiness);
+        let (router, limiters) = request_router(&config, &store, service, &io, &readiness, &creations);
         let listener = listen(SocketAddr::new(config.host, config.port)).with_context(|| {
             format!(
                 "cannot listen on {}:{} (check HOST and PORT)",
@@ -198,6 +207,7 @@ impl<A: Adapter> Assembly<A> {
             store.clone(),
             io.clone(),
             limiters,
+            creations.quota.clone(),
             config.cleanup_interval,
             stop.clone(),
         ))];
@@ -233,10 +243,9 @@ fn request_router<A: Adapter>(
     service: SocketIoService<NotFoundService, A>,
     io: &SocketIo<A>,
     readiness: &Readiness,
+    creations: &Creations,
 ) -> (RequestRouter<A>, Vec<Arc<IpLimiter>>) {
-    let reservations = Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(
-        config.reserve_rate_per_ip,
-    )));
+    let reservations = creations.rate.clone();
     let handshakes = Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(
         config.handshake_rate_per_ip,
     )));
@@ -245,6 +254,7 @@ fn request_router<A: Adapter>(
         started: Instant::now(),
         debug: config.debug,
         reservations: reservations.clone(),
+        quota: creations.quota.clone(),
         request_timeout: config.api_request_timeout,
         readiness: readiness.clone(),
     })

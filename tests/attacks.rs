@@ -1442,6 +1442,9 @@ async fn ten_thousand_join_leave_reconnect_cycles_return_to_baseline_and_rss_pla
             ("HANDSHAKE_RATE_PER_IP", "0".into()),
             ("MAX_SOCKETS_PER_IP", "0".into()),
             ("JOIN_RATE_PER_MIN", "0".into()),
+            // Every cycle creates a session from this one address.
+            ("RESERVE_RATE_PER_IP", "0".into()),
+            ("MAX_SESSIONS_PER_IP", "0".into()),
             ("SESSION_IDLE_TIMEOUT_SECS", "2".into()),
             ("CLEANUP_INTERVAL_SECS", "1".into()),
             // Every join replays the history; keep that part of a cycle small.

@@ -15,7 +15,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use e2e_chat_server::store::{JoinKind, JoinRequest, Joined, Limits, NewMessage, Route, Store};
-use e2e_chat_server::domain::{ChatMode, ConnId, Message, PublicKeyEntry, SessionId, UserId};
+use e2e_chat_server::domain::raw::{raw, raw_string};
+use e2e_chat_server::domain::{ChatMode, ConnId, Message, PublicKeyEntry, SessionId, UserId, WrappedKeys};
 use e2e_chat_server::store::redis::{connect, RedisSettings};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -35,10 +36,13 @@ fn limits() -> Limits {
         max_sessions: 2,
         max_group_members: 3,
         max_history_messages: 4,
-        max_history_bytes: 2_000,
+        max_history_bytes: 4_000,
         max_total_history_bytes: 1 << 30,
         idle_timeout: Duration::from_secs(600),
         member_timeout: Duration::from_secs(600),
+        // Small: a history of more than a message or two comes in several
+        // pages, as a large one would.
+        history_page_bytes: 1_200,
     }
 }
 
@@ -93,7 +97,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// bound: `MAX_TOTAL_HISTORY_BYTES` decides what is dropped.
 fn tight_budget() -> Limits {
     Limits {
-        max_total_history_bytes: 1_200,
+        max_total_history_bytes: 2_400,
         ..limits()
     }
 }
@@ -111,9 +115,6 @@ async fn both_backends_with(limits: Limits) -> (Store, Store) {
         node_timeout: Duration::from_secs(15),
         store_timeout: Duration::from_secs(5),
         cleanup_interval: Duration::from_secs(60),
-        // Small: a history of more than one message or so is read in ranges
-        // (one or two messages each), as a large one would be.
-        history_chunk_bytes: 600,
     };
     let (redis, _driver) = connect(&settings, limits.clone())
         .await
@@ -266,15 +267,23 @@ fn keys(keys: &[PublicKeyEntry]) -> Value {
     serde_json::to_value(keys).unwrap()
 }
 
-fn joined(j: &Joined) -> Value {
+/// A join's answer, with the rest of the history read page by page as the
+/// replay does.
+async fn joined(store: &Store, j: &Joined, session: &SessionId, user: &UserId, conn: &ConnId) -> Value {
     let kind = match &j.kind {
         JoinKind::New => "new".to_owned(),
         JoinKind::Repeat => "repeat".to_owned(),
         JoinKind::Rejoined { previous } => format!("rejoined from {previous}"),
     };
+    let mut pages = vec![j.history.iter().map(|m| message(m)).collect::<Vec<_>>()];
+    let mut cursor = j.more_history.clone();
+    while let Some(at) = cursor {
+        let page = store.history_page(session, user, conn, &at).await.unwrap();
+        pages.push(page.messages.iter().map(|m| message(m)).collect());
+        cursor = page.next;
+    }
     json!({
-        "kind": kind, "mode": j.mode, "displayName": j.display_name,
-        "history": j.history.iter().map(|m| message(m)).collect::<Vec<_>>(),
+        "kind": kind, "mode": j.mode, "displayName": j.display_name, "history": pages, "created": j.created,
         "wrapped": j.encrypted_session_key, "keys": keys(&j.public_keys), "timestamp": j.timestamp,
     })
 }
@@ -310,14 +319,15 @@ async fn apply(store: &Store, op: &Op, now: u64) -> Value {
                 session: sid(s),
                 user: uid(u),
                 display_name: name(n),
-                public_key: pk.then(|| json!(format!("pk-{}-{now}", USERS[u]))),
+                public_key: pk.then(|| raw_string(&format!("pk-{}-{now}", USERS[u]))),
                 is_creator: creator,
                 offered_key: key.map(|k| KEYS[k].to_owned()),
                 offered_password: password.map(|p| PASSWORDS[p].to_owned()),
                 mode: MODES[mode],
+                may_create: true,
             };
             match store.join(req, &conn(c), now).await {
-                Ok(j) => joined(&j),
+                Ok(j) => joined(store, &j, &sid(s), &uid(u), &conn(c)).await,
                 Err(e) => err(&format!("{} {e}", e.code())),
             }
         }
@@ -331,8 +341,8 @@ async fn apply(store: &Store, op: &Op, now: u64) -> Value {
         } => {
             let out = NewMessage {
                 to: to.map(|t| USERS.get(t).copied().unwrap_or("all").into()),
-                encrypted: json!({ "c": format!("ciphertext {now} {}", "x".repeat(now as usize % 700)) }),
-                original_content: original.then(|| json!("plain")),
+                encrypted: raw(&json!({ "c": format!("ciphertext {now} {}", "x".repeat(now as usize % 700)) }).to_string()),
+                original_content: original.then(|| raw_string("plain")),
                 kind: None,
                 client_message_id: id.map(|i| MESSAGE_IDS[i].into()),
             };
@@ -348,7 +358,7 @@ async fn apply(store: &Store, op: &Op, now: u64) -> Value {
         }
         Op::SaveKey { s, u, c, name: n } => {
             match store
-                .save_public_key(&sid(s), &uid(u), &conn(c), json!(format!("saved-{now}")), name(n))
+                .save_public_key(&sid(s), &uid(u), &conn(c), raw_string(&format!("saved-{now}")), name(n))
                 .await
             {
                 Ok(k) => keys(&k),
@@ -356,10 +366,10 @@ async fn apply(store: &Store, op: &Op, now: u64) -> Value {
             }
         }
         Op::SetSessionKey { s, u, c } => {
-            let mut wrapped = serde_json::Map::new();
-            wrapped.insert(USERS[u].into(), json!(format!("wrapped-{now}")));
+            let wrapped = json!({ USERS[u]: format!("wrapped-{now}") }).to_string();
+            let wrapped = WrappedKeys::parse(raw(&wrapped)).unwrap();
             match store.set_session_key(&sid(s), &uid(u), &conn(c), wrapped).await {
-                Ok(w) => json!(*w),
+                Ok(w) => json!(w),
                 Err(e) => err(&format!("{} {e}", e.code())),
             }
         }
@@ -446,6 +456,7 @@ fn concurrent_joins_for_the_last_seat_admit_exactly_one() {
             offered_key: Some("k0".into()),
             offered_password: None,
             mode: ChatMode::Private,
+            may_create: true,
         };
         store.join(creator, &ConnId::new("creator"), 1).await.unwrap();
         let joins = (0..40).map(|i| {
@@ -460,6 +471,7 @@ fn concurrent_joins_for_the_last_seat_admit_exactly_one() {
                     offered_key: Some("k0".into()),
                     offered_password: None,
                     mode: ChatMode::Private,
+                    may_create: false,
                 };
                 store
                     .join(req, &ConnId::new(format!("j{i}")), 2)
@@ -477,70 +489,58 @@ fn concurrent_joins_for_the_last_seat_admit_exactly_one() {
     });
 }
 
-/// A large history is read in ranges after the join (`HISTORY_RANGE`); the
-/// history may be trimmed at its head meanwhile. A range whose first entry
-/// is gone starts at the head; one whose last entry is gone is empty.
+/// A history is read page by page after the join (`HISTORY_PAGE`), and
+/// may be trimmed at its head meanwhile: a page whose previous entry is gone
+/// starts at the head; pages hold up to the byte bound, at least one
+/// message; only the member's current socket gets pages.
 #[test]
-fn a_history_range_keeps_what_is_still_held_when_the_head_was_trimmed() {
-    use e2e_chat_server::store::redis::scripts::{HISTORY_RANGE, PRELUDE};
+fn history_pages_go_on_from_the_head_when_it_was_trimmed() {
+    use e2e_chat_server::store::redis::scripts::{HISTORY_PAGE, PRELUDE};
     runtime().block_on(async {
         let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis_server().port)).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let prefix = format!("range{}", uuid::Uuid::new_v4().simple());
-        let (h, hw) = (format!("{prefix}:s:{{s}}:h"), format!("{prefix}:s:{{s}}:hw"));
+        let prefix = format!("page{}", uuid::Uuid::new_v4().simple());
+        let key = |suffix: &str| format!("{prefix}:s:{{s}}{suffix}");
         for i in 0..6 {
-            let () = redis::cmd("RPUSH")
-                .arg(&h)
-                .arg(format!("m{i}"))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            let () = redis::cmd("RPUSH")
-                .arg(&hw)
-                .arg(format!("10|m{i}"))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            let () = redis::cmd("RPUSH").arg(key(":h")).arg(format!("m{i}")).query_async(&mut conn).await.unwrap();
+            let () = redis::cmd("RPUSH").arg(key(":hw")).arg(format!("10|m{i}")).query_async(&mut conn).await.unwrap();
         }
-        let script = redis::Script::new(&format!("{PRELUDE}{HISTORY_RANGE}"));
+        let () = redis::cmd("HSET").arg(key(":m")).arg("u").arg(r#"{"c":"c1"}"#).query_async(&mut conn).await.unwrap();
+        let script = redis::Script::new(&format!("{PRELUDE}{HISTORY_PAGE}"));
         let mut conn2 = conn.clone();
-        let mut range = async move |first: &str, last: &str| -> Vec<String> {
-            let (status, messages): (String, Vec<String>) = script
+        let script_prefix = prefix.clone();
+        let mut page = async move |socket: &str, after: &str, max_bytes: u64| -> (String, Vec<String>, String, String) {
+            let answer: (String, Vec<String>, String, String) = script
                 .prepare_invoke()
-                .arg(&prefix)
+                .arg(&script_prefix)
                 .arg(0)
                 .arg(0)
                 .arg(0)
                 .arg(0)
                 .arg("s")
-                .arg(first)
-                .arg(last)
+                .arg("u")
+                .arg(socket)
+                .arg(after)
+                .arg(max_bytes)
                 .invoke_async(&mut conn2)
                 .await
-                .unwrap();
-            assert_eq!(status, "ok");
-            messages
+                .unwrap_or_else(|_| ("NOT_IN_SESSION".into(), Vec::new(), String::new(), String::new()));
+            answer
         };
-        assert_eq!(range("10|m2", "10|m4").await, ["m2", "m3", "m4"]);
-        // The head is trimmed past m2: the range starts at what is left.
-        let () = redis::cmd("LTRIM")
-            .arg(&h)
-            .arg(3)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let () = redis::cmd("LTRIM")
-            .arg(&hw)
-            .arg(3)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(range("10|m2", "10|m4").await, ["m3", "m4"]);
-        // Trimmed past its last entry: nothing of the range is left.
-        assert_eq!(range("10|m0", "10|m1").await, Vec::<String>::new());
-        assert_eq!(range("10|m5", "10|m5").await, ["m5"]);
+        let ok = |messages: &[&str], last: &str, more: &str| {
+            ("ok".to_owned(), messages.iter().map(|m| m.to_string()).collect::<Vec<_>>(), last.to_owned(), more.to_owned())
+        };
+        assert_eq!(page("c1", "", 25).await, ok(&["m0", "m1"], "10|m1", "1"));
+        assert_eq!(page("c1", "10|m1", 25).await, ok(&["m2", "m3"], "10|m3", "1"));
+        assert_eq!(page("c1", "10|m3", 5).await, ok(&["m4"], "10|m4", "1"), "one message at least");
+        assert_eq!(page("c1", "10|m4", 100).await, ok(&["m5"], "10|m5", "0"));
+        assert_eq!(page("c2", "", 100).await.0, "NOT_IN_SESSION", "not the member's socket");
+        // The head is trimmed past m3: the page after m1 starts at what is left.
+        for suffix in [":h", ":hw"] {
+            let () = redis::cmd("LTRIM").arg(key(suffix)).arg(4).arg(-1).query_async(&mut conn).await.unwrap();
+        }
+        assert_eq!(page("c1", "10|m1", 100).await, ok(&["m4", "m5"], "10|m5", "0"));
+        assert_eq!(page("c1", "10|m5", 100).await, ok(&[], "", "0"));
     });
 }
 

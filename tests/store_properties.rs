@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use e2e_chat_server::store::{JoinKind, JoinRequest, Limits, NewMessage, Route};
 use e2e_chat_server::store::MemoryStore as Store;
-use e2e_chat_server::domain::{ChatMode, ConnId, EventError, JoinError, SessionId, UserId};
+use e2e_chat_server::domain::raw::{raw, raw_string};
+use e2e_chat_server::domain::{ChatMode, ConnId, EventError, JoinError, SessionId, UserId, WrappedKeys};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -41,6 +42,7 @@ fn limits() -> Limits {
         max_total_history_bytes: 4_000,
         idle_timeout: Duration::from_secs(IDLE_SECS),
         member_timeout: Duration::from_secs(MEMBER_SECS),
+        history_page_bytes: 1 << 20,
     }
 }
 
@@ -379,11 +381,12 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     session: sid(s),
                     user: uid(u),
                     display_name: Some(format!("{u}-name").into()),
-                    public_key: pk.then(|| json!(format!("pk-{u}-{stamp}"))),
+                    public_key: pk.then(|| raw_string(&format!("pk-{u}-{stamp}"))),
                     is_creator: creator,
                     offered_key: key.map(str::to_owned),
                     offered_password: password.map(str::to_owned),
                     mode: MODES[mode],
+                    may_create: true,
                 };
                 let result = store.join(req, &ConnId::new(c), stamp);
                 let expected = model.join(s, u, c, creator, key, password, MODES[mode], pk);
@@ -449,8 +452,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 });
                 let out = NewMessage {
                     to: to.clone().map(Into::into),
-                    encrypted: json!("e".repeat(size)),
-                    original_content: original.then(|| json!("plain")),
+                    encrypted: raw_string(&"e".repeat(size)),
+                    original_content: original.then(|| raw_string("plain")),
                     kind: None,
                     client_message_id: id.map(|i| format!("m{i}").into()),
                 };
@@ -494,7 +497,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     &sid(s),
                     &uid(u),
                     &ConnId::new(c),
-                    json!(format!("pk{stamp}")),
+                    raw_string(&format!("pk{stamp}")),
                     None,
                 );
                 let bound = model.is_member(s, u, c);
@@ -513,6 +516,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     .iter()
                     .map(|u| (u.to_string(), json!(format!("w{stamp}"))))
                     .collect();
+                let keys = WrappedKeys::parse(raw(&json!(keys).to_string())).unwrap();
                 let result = store.set_session_key(&sid(s), &uid(u), &ConnId::new(c), keys);
                 let expected = if !model.is_member(s, u, c) {
                     Err("NOT_IN_SESSION")

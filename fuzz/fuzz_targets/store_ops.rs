@@ -11,7 +11,8 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use e2e_chat_server::store::{JoinKind, JoinRequest, NewMessage};
 use e2e_chat_server::store::MemoryStore as Store;
-use e2e_chat_server::domain::{ChatMode, ConnId, SessionId, UserId};
+use e2e_chat_server::domain::raw::{raw, raw_string};
+use e2e_chat_server::domain::{ChatMode, ConnId, SessionId, UserId, WrappedKeys};
 use e2e_chat_server_fuzz::{check, conn, limits, sid, uid};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
@@ -160,11 +161,12 @@ fn run(ops: Vec<Op>) {
                     session: s.clone(),
                     user: u.clone(),
                     display_name: Some(format!("{u}-{seq}").into()),
-                    public_key: pk.map(|k| json!(format!("pk{k}"))),
+                    public_key: pk.map(|k| raw_string(&format!("pk{k}"))),
                     is_creator: creator,
                     offered_key: key.map(|k| pick(&KEYS, k).to_owned()),
                     offered_password: password.map(|p| pick(&PASSWORDS, p).to_owned()),
                     mode: pick(&MODES, mode),
+                    may_create: true,
                 };
                 let before = ctx.member_count(&s);
                 match ctx.store.join(req, &c, seq) {
@@ -219,8 +221,8 @@ fn run(ops: Vec<Op>) {
                             pick(&USERS, t).into()
                         }
                     }),
-                    encrypted: json!("x".repeat(usize::from(size % 3000))),
-                    original_content: original.then(|| json!("plain")),
+                    encrypted: raw_string(&"x".repeat(usize::from(size % 3000))),
+                    original_content: original.then(|| raw_string("plain")),
                     kind: None,
                     client_message_id: id.map(|i| format!("m{}", i % 8).into()),
                 };
@@ -242,7 +244,7 @@ fn run(ops: Vec<Op>) {
                 let bound = ctx.members.get(&(s.clone(), u.clone())) == Some(&c);
                 let result = ctx
                     .store
-                    .save_public_key(&s, &u, &c, json!(format!("pk{pk}")), None);
+                    .save_public_key(&s, &u, &c, raw_string(&format!("pk{pk}")), None);
                 assert_eq!(result.is_ok(), bound);
             }
             Op::SetSessionKey { s, u, c, n } => {
@@ -251,9 +253,10 @@ fn run(ops: Vec<Op>) {
                     uid(pick(&USERS, u)),
                     conn(pick(&CONNS, c)),
                 );
-                let keys = (0..n % 5)
+                let keys: serde_json::Map<String, serde_json::Value> = (0..n % 5)
                     .map(|i| (format!("u{i}"), json!(format!("w{seq}"))))
                     .collect();
+                let keys = WrappedKeys::parse(raw(&json!(keys).to_string())).expect("an object of strings");
                 let bound = ctx.members.get(&(s.clone(), u.clone())) == Some(&c);
                 if ctx.store.set_session_key(&s, &u, &c, keys).is_ok() {
                     assert!(bound);

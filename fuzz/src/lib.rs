@@ -16,6 +16,7 @@ pub fn limits() -> Limits {
         max_total_history_bytes: 8 * 1024,
         idle_timeout: Duration::from_secs(10),
         member_timeout: Duration::from_secs(60),
+        history_page_bytes: 2 * 1024,
     }
 }
 
@@ -41,11 +42,12 @@ pub fn seeded() -> Store {
             session: sid(session),
             user: uid(user),
             display_name: Some(format!("{user} name").into()),
-            public_key: Some(serde_json::json!(format!("pk-{user}"))),
+            public_key: Some(e2e_chat_server::domain::raw::raw_string(&format!("pk-{user}"))),
             is_creator: creator,
             offered_key: Some(key.into()),
             offered_password: None,
             mode,
+            may_create: true,
         };
         store.join(req, &conn(c), 1).expect("seed join");
     };

@@ -87,12 +87,21 @@ pub struct Config {
     pub max_sockets_per_ip: usize,
     /// `HANDSHAKE_RATE_PER_IP`: new Socket.IO connections per client IP per minute (0 = no limit).
     pub handshake_rate_per_ip: u32,
-    /// `RESERVE_RATE_PER_IP`: reservations per client IP per minute (0 = no limit).
+    /// `RESERVE_RATE_PER_IP`: sessions created (reservations and creators'
+    /// joins) per client IP per minute (0 = no limit).
     pub reserve_rate_per_ip: u32,
+    /// `MAX_SESSIONS_PER_IP`: live sessions created per client IP (0 = no limit).
+    pub max_sessions_per_ip: usize,
     /// `SEND_RATE_PER_SOCKET`: sustained `send-message` per second per socket (0 = no limit).
     pub send_rate_per_socket: u32,
     /// `SEND_BURST_PER_SOCKET`: `send-message` a socket may send at once.
     pub send_burst_per_socket: u32,
+    /// `MAX_BUFFERED_BYTES_PER_SOCKET`: bytes queued for one socket and not
+    /// yet written; past it the socket is a slow consumer and is cut off.
+    pub max_buffered_bytes_per_socket: usize,
+    /// `HISTORY_REPLAY_BYTES_PER_MIN`: history bytes one socket is sent per
+    /// minute by its joins (more waits), so repeated joins cannot amplify.
+    pub history_replay_bytes_per_min: usize,
     /// `JOIN_RATE_PER_MIN`: `join-session` per socket per minute (0 = no limit).
     pub join_rate_per_min: u32,
     /// `TYPING_RATE_PER_MIN`: `typing`/`stopped-typing` per socket per minute (0 = no limit).
@@ -211,8 +220,14 @@ impl Config {
             max_sockets_per_ip: env.parse("MAX_SOCKETS_PER_IP")?,
             handshake_rate_per_ip: env.parse("HANDSHAKE_RATE_PER_IP")?,
             reserve_rate_per_ip: env.parse("RESERVE_RATE_PER_IP")?,
+            max_sessions_per_ip: env.parse("MAX_SESSIONS_PER_IP")?,
             send_rate_per_socket: env.parse("SEND_RATE_PER_SOCKET")?,
             send_burst_per_socket: env.positive("SEND_BURST_PER_SOCKET")?,
+            max_buffered_bytes_per_socket: env.positive("MAX_BUFFERED_BYTES_PER_SOCKET")?,
+            history_replay_bytes_per_min: env.with("HISTORY_REPLAY_BYTES_PER_MIN", |v| match v.parse::<usize>() {
+                Ok(n) if n >= 1 << 20 => Ok(n),
+                _ => Err("expected a whole number of bytes of at least 1048576".into()),
+            })?,
             join_rate_per_min: env.parse("JOIN_RATE_PER_MIN")?,
             typing_rate_per_min: env.parse("TYPING_RATE_PER_MIN")?,
             key_rate_per_min: env.parse("KEY_RATE_PER_MIN")?,
@@ -227,6 +242,18 @@ impl Config {
             #[cfg(feature = "test-hooks")]
             test_panic_event: None,
         };
+        // One largest message must fit in a socket's buffer beside what it
+        // already waits for, or a reader that keeps up would be cut off.
+        if (config.max_buffered_bytes_per_socket as u64) < config.max_payload_bytes + (1 << 20) {
+            return Err(ConfigError {
+                name: "MAX_BUFFERED_BYTES_PER_SOCKET",
+                value: config.max_buffered_bytes_per_socket.to_string(),
+                reason: format!(
+                    "must be at least MAX_PAYLOAD_BYTES ({}) + 1048576",
+                    config.max_payload_bytes
+                ),
+            });
+        }
         Ok(config)
     }
 }
@@ -281,8 +308,17 @@ impl Config {
             ("MAX_SOCKETS_PER_IP", self.max_sockets_per_ip.to_string()),
             ("HANDSHAKE_RATE_PER_IP", self.handshake_rate_per_ip.to_string()),
             ("RESERVE_RATE_PER_IP", self.reserve_rate_per_ip.to_string()),
+            ("MAX_SESSIONS_PER_IP", self.max_sessions_per_ip.to_string()),
             ("SEND_RATE_PER_SOCKET", self.send_rate_per_socket.to_string()),
             ("SEND_BURST_PER_SOCKET", self.send_burst_per_socket.to_string()),
+            (
+                "MAX_BUFFERED_BYTES_PER_SOCKET",
+                self.max_buffered_bytes_per_socket.to_string(),
+            ),
+            (
+                "HISTORY_REPLAY_BYTES_PER_MIN",
+                self.history_replay_bytes_per_min.to_string(),
+            ),
             ("JOIN_RATE_PER_MIN", self.join_rate_per_min.to_string()),
             ("TYPING_RATE_PER_MIN", self.typing_rate_per_min.to_string()),
             ("KEY_RATE_PER_MIN", self.key_rate_per_min.to_string()),

@@ -24,6 +24,10 @@ pub enum JoinError {
     GroupFull(usize),
     #[error("The server holds too many sessions right now. Please try again later.")]
     SessionLimit,
+    #[error("Too many open sessions from your network. Please try again later.")]
+    AddressSessionLimit,
+    #[error("Too many attempts. Please wait {} s and try again.", .0.as_secs().max(1))]
+    RateLimited(std::time::Duration),
     #[error("This session expired after a long time without activity.")]
     SessionExpired,
     #[error("The session store is unavailable. Please try again in a moment.")]
@@ -40,7 +44,8 @@ impl JoinError {
             Self::InvalidPassword => "INVALID_PASSWORD",
             Self::SessionNotActive => "SESSION_NOT_ACTIVE",
             Self::SessionFull | Self::GroupFull(_) => "SESSION_FULL",
-            Self::SessionLimit => "SESSION_LIMIT",
+            Self::SessionLimit | Self::AddressSessionLimit => "SESSION_LIMIT",
+            Self::RateLimited(_) => "RATE_LIMITED",
             Self::SessionExpired => "SESSION_EXPIRED",
             Self::StoreUnavailable => STORE_UNAVAILABLE,
         }
@@ -64,6 +69,8 @@ pub enum EventError {
     UnknownRecipient,
     #[error("Unknown event.")]
     UnknownEvent,
+    #[error("The server holds as much as it may keep right now. Please try again later.")]
+    StoreFull,
     #[error("The session store is unavailable. Please try again in a moment.")]
     StoreUnavailable,
 }
@@ -77,6 +84,7 @@ impl EventError {
             Self::UserMismatch | Self::NotGroupSession | Self::NotCreator => "NOT_ALLOWED",
             Self::UnknownRecipient => "UNKNOWN_RECIPIENT",
             Self::UnknownEvent => "UNKNOWN_EVENT",
+            Self::StoreFull => "STORE_FULL",
             Self::StoreUnavailable => STORE_UNAVAILABLE,
         }
     }

@@ -1,16 +1,25 @@
 //! What the server keeps and relays: messages and public keys.
 
+use std::io;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
+use super::raw::RawJson;
 use super::UserId;
+
+/// Bytes charged per stored message beyond its own JSON text: the index
+/// entries both stores keep beside it (the id set, the weight index in
+/// Redis), allocation headers, and the sender's display name, which the
+/// stores add to the stored text themselves (at most 128 bytes of text
+/// without control characters, so at most 256 once escaped).
+const PER_MESSAGE_OVERHEAD: usize = 512;
 
 /// A relayed message. Serializes to the wire shape of `new-message`,
 /// `message-sent` and `messages-history` entries; the plaintext is never part
 /// of that shape (see [`MessageView`]).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: Arc<str>,
@@ -19,7 +28,7 @@ pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<Arc<str>>,
     /// The ciphertext, opaque to the server.
-    pub encrypted: Value,
+    pub encrypted: RawJson,
     /// Server time of receipt, epoch ms.
     pub timestamp: u64,
     #[serde(rename = "type")]
@@ -28,7 +37,7 @@ pub struct Message {
     pub sender_display_name: Option<Arc<str>>,
     /// The author's plaintext, kept only with `ORIGINAL_CONTENT=author`.
     #[serde(skip)]
-    pub original_content: Option<Value>,
+    pub original_content: Option<RawJson>,
 }
 
 impl Message {
@@ -40,11 +49,59 @@ impl Message {
         }
     }
 
-    /// Bytes this message holds, for history bounds.
+    /// Bytes this message is charged in the history bounds, the same in
+    /// both stores: the exact length of the JSON the Redis store keeps
+    /// ([`Message::stored`]) plus [`PER_MESSAGE_OVERHEAD`]. The embedded
+    /// store holds no more than that.
     pub fn weight(&self) -> usize {
-        /// Fixed per-message cost: ids, timestamps, allocation headers.
-        const OVERHEAD: usize = 256;
-        OVERHEAD + json_weight(&self.encrypted) + self.original_content.as_ref().map_or(0, json_weight)
+        let mut counter = Counter(0);
+        // Writing to a counter cannot fail; a failure would only undercount.
+        let _ = serde_json::to_writer(&mut counter, &self.stored());
+        counter.0 + PER_MESSAGE_OVERHEAD
+    }
+
+    /// The JSON a store keeps of this message.
+    pub fn stored(&self) -> StoredMessage<'_> {
+        StoredMessage {
+            id: &self.id,
+            from: &self.from,
+            to: self.to.as_deref(),
+            encrypted: &self.encrypted,
+            timestamp: self.timestamp,
+            kind: &self.kind,
+            original_content: self.original_content.as_deref(),
+        }
+    }
+}
+
+/// What a store keeps of a message: the wire shape with the kept plaintext,
+/// without the display name (the Redis store adds the name it holds).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage<'a> {
+    id: &'a str,
+    from: &'a UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+    encrypted: &'a RawValue,
+    timestamp: u64,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    original_content: Option<&'a RawValue>,
+}
+
+/// Counts bytes written.
+struct Counter(usize);
+
+impl io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -55,17 +112,7 @@ pub struct MessageView<'a> {
     #[serde(flatten)]
     pub message: &'a Message,
     #[serde(rename = "originalContent", skip_serializing_if = "Option::is_none")]
-    pub original_content: Option<&'a Value>,
-}
-
-/// Approximate in-memory size of a JSON value.
-fn json_weight(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.len(),
-        Value::Array(a) => a.iter().map(json_weight).sum::<usize>() + 8,
-        Value::Object(o) => o.iter().map(|(k, v)| k.len() + json_weight(v)).sum::<usize>() + 8,
-        _ => 8,
-    }
+    pub original_content: Option<&'a RawValue>,
 }
 
 /// A member's published public key, the wire shape of `public-keys-updated` entries.
@@ -73,7 +120,7 @@ fn json_weight(v: &Value) -> usize {
 #[serde(rename_all = "camelCase")]
 pub struct PublicKeyEntry {
     pub user_id: UserId,
-    pub public_key: Value,
+    pub public_key: Arc<RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub display_name: Option<Arc<str>>,
     /// When the member first joined, epoch ms.

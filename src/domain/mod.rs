@@ -6,12 +6,14 @@
 pub mod error;
 pub mod ids;
 pub mod message;
+pub mod raw;
 pub mod rules;
 pub mod secret;
 
 pub use error::{EventError, JoinError, ReserveError, Unavailable};
 pub use ids::{ChatMode, ConnId, SessionId, UserId};
 pub use message::{Message, MessageView, PublicKeyEntry};
+pub use raw::{RawJson, WrappedKeys};
 pub use secret::SecretDigest;
 
 /// Milliseconds since the Unix epoch, the unit of every wire timestamp.

@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::error::{EventError, JoinError};
 use super::ids::{ChatMode, UserId};
 use super::message::PublicKeyEntry;
+use super::raw::is_truthy;
 
 /// Members of a `private` or `password` session.
 pub const PAIR_SESSION_SIZE: usize = 2;
@@ -56,20 +57,9 @@ pub fn message_id(client_message_id: Option<Arc<str>>) -> Arc<str> {
     client_message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into())
 }
 
-/// JavaScript truthiness, as the original tested `publicKey`: a key is
-/// stored only when truthy (the stock client rejoins with `null`).
-pub fn is_truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(_) | Value::Object(_) => true,
-    }
-}
-
-/// `save-public-key` needs a key to save.
-pub fn require_public_key(key: &Value) -> Result<(), EventError> {
+/// `save-public-key` needs a key to save (a truthy one, as the original
+/// tested it).
+pub fn require_public_key(key: &RawValue) -> Result<(), EventError> {
     if is_truthy(key) {
         Ok(())
     } else {
@@ -115,15 +105,5 @@ mod tests {
         assert_eq!(direct_recipient(None), None);
         assert_eq!(direct_recipient(Some("all")), None);
         assert_eq!(direct_recipient(Some("bob")), Some("bob"));
-    }
-
-    #[test]
-    fn truthiness_follows_javascript() {
-        for falsy in [Value::Null, false.into(), 0.into(), "".into()] {
-            assert!(!is_truthy(&falsy), "{falsy}");
-        }
-        for truthy in [true.into(), 1.into(), "k".into(), serde_json::json!([]), serde_json::json!({})] {
-            assert!(is_truthy(&truthy), "{truthy}");
-        }
     }
 }

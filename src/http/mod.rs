@@ -34,8 +34,10 @@ pub struct HttpState {
     pub store: Store,
     pub started: Instant,
     pub debug: bool,
-    /// Reservations per client IP.
+    /// Sessions created per client IP per minute (reservations and creators' joins).
     pub reservations: Arc<IpLimiter>,
+    /// Live sessions created per client IP.
+    pub quota: Arc<crate::quota::SessionQuota>,
     /// Longest an API request may take.
     pub request_timeout: std::time::Duration,
     pub readiness: Readiness,

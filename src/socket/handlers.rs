@@ -6,18 +6,19 @@
 //! it, naming the event (docs/PROTOCOL.md sections 5–7).
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 
 use super::events::outgoing;
 use super::payloads;
 use super::relay::{session_room, Target, UserEvent};
+use super::replay;
 use super::validate;
 use super::worker::{Binding, Worker};
-use crate::domain::{epoch_ms, ChatMode, EventError, JoinError, MessageView};
+use crate::domain::{epoch_ms, ChatMode, EventError, JoinError, MessageView, WrappedKeys};
 use crate::config::OriginalContent;
 use crate::metrics;
-use crate::store::{JoinKind, Joined, Left, Route};
+use crate::store::{HistoryCursor, JoinKind, JoinRequest, Joined, Left, Route};
 
 /// `session-metadata`.
 #[derive(Serialize)]
@@ -25,7 +26,14 @@ use crate::store::{JoinKind, Joined, Left, Route};
 struct SessionMetadata<'a> {
     chat_mode: ChatMode,
     #[serde(skip_serializing_if = "Option::is_none")]
-    encrypted_session_key: Option<&'a Value>,
+    encrypted_session_key: Option<&'a RawValue>,
+}
+
+/// `session-key-available`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionKeyAvailable<'a> {
+    encrypted_keys: &'a WrappedKeys,
 }
 
 impl<A: Adapter> Worker<A> {
@@ -38,7 +46,7 @@ impl<A: Adapter> Worker<A> {
             session: req.session.clone(),
             user: req.user.clone(),
         };
-        let joined = match self.app.store.join(req, &self.conn, epoch_ms()).await {
+        let mut joined = match self.admit(req).await {
             Ok(joined) => joined,
             Err(e) => {
                 tracing::info!(session = %binding.session.log_tag(), error = e.code(), "join refused");
@@ -59,11 +67,44 @@ impl<A: Adapter> Worker<A> {
         let room = session_room(&binding.session);
         self.socket.join(room.clone());
         self.announce_join(&binding, &room, &joined).await;
-        self.send_join_state(&binding, &joined);
-        self.deliver(Target::Room(&room), outgoing::PUBLIC_KEYS_UPDATED, &joined.public_keys)
-            .await;
+        let keys = std::mem::take(&mut joined.public_keys);
+        self.send_join_state(&binding, joined);
+        self.deliver(Target::Room(&room), outgoing::PUBLIC_KEYS_UPDATED, &keys).await;
         self.bound = Some(binding);
         Ok(())
+    }
+
+    /// The store's part of a join. A creator's join of an unknown id creates
+    /// the session only when its client's address may create one more
+    /// (`RESERVE_RATE_PER_IP`, `MAX_SESSIONS_PER_IP`, as reservations).
+    async fn admit(&mut self, req: JoinRequest) -> Result<Joined, JoinError> {
+        let store = &self.app.store;
+        if !req.is_creator {
+            return store.join(req, &self.conn, epoch_ms()).await;
+        }
+        match store.join(req.clone(), &self.conn, epoch_ms()).await {
+            Err(JoinError::SessionNotFound) => {}
+            other => return other,
+        }
+        let creations = &self.app.creations;
+        let claim = match self.ip {
+            Some(ip) => {
+                creations.rate.check(ip).map_err(|wait| {
+                    metrics::rate_limited("ip", "create");
+                    JoinError::RateLimited(wait)
+                })?;
+                Some(creations.quota.claim(ip, store).await?.ok_or(JoinError::AddressSessionLimit)?)
+            }
+            None => None,
+        };
+        let session = req.session.clone();
+        let joined = store
+            .join(JoinRequest { may_create: true, ..req }, &self.conn, epoch_ms())
+            .await?;
+        if let (true, Some(claim)) = (joined.created, claim) {
+            claim.created(session);
+        }
+        Ok(joined)
     }
 
     /// What the room learns of a join: a newcomer, or nothing (a rejoin's
@@ -87,25 +128,38 @@ impl<A: Adapter> Worker<A> {
         }
     }
 
-    /// The joiner's history (its own plaintext only, where kept) and the
-    /// session's metadata.
-    fn send_join_state(&self, binding: &Binding, joined: &Joined) {
-        let views: Vec<MessageView<'_>> = joined
-            .history
-            .iter()
-            .map(|m| MessageView {
-                message: m,
-                original_content: (m.from == binding.user)
-                    .then_some(m.original_content.as_ref())
-                    .flatten(),
-            })
-            .collect();
-        self.to_self(outgoing::MESSAGES_HISTORY, &views);
+    /// The joiner's history (its own plaintext only, where kept; the first
+    /// page now, the others from a replay of their own) and the session's
+    /// metadata.
+    fn send_join_state(&mut self, binding: &Binding, joined: Joined) {
+        self.stop_replay();
+        let budget = self.replay_budget.clone();
+        let rest = if budget.available() {
+            let sent = self.to_self(outgoing::MESSAGES_HISTORY, &replay::views(&joined.history, &binding.user));
+            budget.spend(sent);
+            joined.more_history
+        } else {
+            // Spent: the whole history waits for the budget.
+            self.to_self(outgoing::MESSAGES_HISTORY, &[(); 0]);
+            Some(HistoryCursor::start())
+        };
         let metadata = SessionMetadata {
             chat_mode: joined.mode,
-            encrypted_session_key: joined.encrypted_session_key.as_ref(),
+            encrypted_session_key: joined.encrypted_session_key.as_deref(),
         };
         self.to_self(outgoing::SESSION_METADATA, &metadata);
+        if let Some(cursor) = rest {
+            let job = replay::ReplayJob {
+                store: self.app.store.clone(),
+                binding: binding.clone(),
+                conn: self.conn.clone(),
+                cursor,
+                budget,
+                stall_timeout: self.app.stall_timeout,
+                max_buffered: self.app.max_buffered_bytes,
+            };
+            self.replay = Some(replay::start(self.socket.clone(), self.relay.clone(), job));
+        }
     }
 
     /// `send-message`: stored once per id, relayed to the room or one member;
@@ -132,7 +186,7 @@ impl<A: Adapter> Worker<A> {
         if sent.is_new {
             let view = MessageView {
                 message,
-                original_content: req.echo.as_ref(),
+                original_content: req.echo.as_deref(),
             };
             self.to_self(outgoing::MESSAGE_SENT, &view);
         }
@@ -178,7 +232,7 @@ impl<A: Adapter> Worker<A> {
             .await
             .map_err(|e| self.refused(e))?;
         let room = session_room(&b.session);
-        let notice = json!({ "encryptedKeys": &*keys });
+        let notice = SessionKeyAvailable { encrypted_keys: &keys };
         self.deliver(Target::Room(&room), outgoing::SESSION_KEY_AVAILABLE, &notice)
             .await;
         Ok(())
@@ -230,6 +284,7 @@ impl<A: Adapter> Worker<A> {
     pub(super) async fn leave(&mut self, p: &payloads::SessionUser) -> Result<(), EventError> {
         let b = self.binding(p.session_id.as_deref(), p.user_id.as_deref())?;
         self.bound = None;
+        self.stop_replay();
         self.depart(b, true).await;
         Ok(())
     }

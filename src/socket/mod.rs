@@ -14,6 +14,7 @@ mod handlers;
 pub mod payloads;
 pub mod queue;
 pub mod relay;
+pub mod replay;
 pub mod validate;
 pub mod worker;
 
@@ -29,7 +30,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, OriginalContent};
 use crate::domain::ConnId;
 use crate::http::serve::ClientIp;
-use crate::limits::{IpCounter, Rate};
+use crate::limits::{IpCounter, IpLimiter, Rate};
+use crate::quota::SessionQuota;
 use crate::store::redis::driver::ManagedDriver;
 use crate::store::Store;
 use queue::{Command, Dispatch, QUEUE_CAPACITY};
@@ -60,9 +62,28 @@ pub struct App {
     /// `MAX_CONNECTIONS`: open sockets in all.
     pub max_connections: usize,
     pub rates: EventRates,
+    /// What creating a session costs its client's address, by reservation
+    /// or by a creator's join alike.
+    pub creations: Creations,
+    /// `MAX_BUFFERED_BYTES_PER_SOCKET`.
+    pub max_buffered_bytes: usize,
+    /// `HISTORY_REPLAY_BYTES_PER_MIN`.
+    pub history_replay_per_min: usize,
+    /// How long a socket may take to write what is queued for it before it
+    /// is a slow consumer: the heartbeat's own patience
+    /// (`PING_INTERVAL_MS` + `PING_TIMEOUT_MS`).
+    pub stall_timeout: std::time::Duration,
     /// See [`Config::test_panic_event`].
     #[cfg(feature = "test-hooks")]
     pub test_panic_event: Option<Arc<str>>,
+}
+
+/// The per-address limits of session creation (`RESERVE_RATE_PER_IP`,
+/// `MAX_SESSIONS_PER_IP`), shared with the reservation endpoint.
+#[derive(Clone)]
+pub struct Creations {
+    pub rate: Arc<IpLimiter>,
+    pub quota: Arc<SessionQuota>,
 }
 
 /// Per-socket rates of the events that are rate limited.
@@ -75,7 +96,7 @@ pub struct EventRates {
 }
 
 impl App {
-    pub fn new(config: &Config, store: Store, workers: TaskTracker) -> Self {
+    pub fn new(config: &Config, store: Store, workers: TaskTracker, creations: Creations) -> Self {
         let per_min = Rate::per_minute_or_unlimited;
         let send = Rate::per_second_or_unlimited(config.send_rate_per_socket, config.send_burst_per_socket);
         Self {
@@ -92,6 +113,10 @@ impl App {
                 typing: per_min(config.typing_rate_per_min),
                 keys: per_min(config.key_rate_per_min),
             },
+            creations,
+            max_buffered_bytes: config.max_buffered_bytes_per_socket,
+            history_replay_per_min: config.history_replay_bytes_per_min,
+            stall_timeout: config.ping_interval + config.ping_timeout,
             #[cfg(feature = "test-hooks")]
             test_panic_event: config.test_panic_event.as_deref().map(Into::into),
         }

@@ -4,9 +4,12 @@
 //! Every field is optional so that a missing field becomes a clear
 //! `INVALID_PAYLOAD` answer naming it, not a silently skipped handler; a field
 //! of the wrong JSON type fails the whole decode, answered the same way.
+//! Opaque fields (ciphertext, plaintext, keys) stay the JSON text that
+//! arrived ([`RawJson`]): nothing builds a tree of what a client sends.
 
 use serde::Deserialize;
-use serde_json::Value;
+
+use crate::domain::RawJson;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -14,8 +17,8 @@ pub struct JoinSession {
     pub session_id: Option<String>,
     pub user_id: Option<String>,
     pub display_name: Option<String>,
-    pub public_key: Option<Value>,
-    pub is_creator: Option<Value>,
+    pub public_key: Option<RawJson>,
+    pub is_creator: Option<RawJson>,
     pub auth_key: Option<String>,
     pub chat_mode: Option<String>,
 }
@@ -26,8 +29,8 @@ pub struct SendMessage {
     pub session_id: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
-    pub encrypted: Option<Value>,
-    pub original_content: Option<Value>,
+    pub encrypted: Option<RawJson>,
+    pub original_content: Option<RawJson>,
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub client_message_id: Option<String>,
@@ -47,7 +50,7 @@ pub struct SessionUser {
 pub struct SavePublicKey {
     pub session_id: Option<String>,
     pub user_id: Option<String>,
-    pub public_key: Option<Value>,
+    pub public_key: Option<RawJson>,
     pub display_name: Option<String>,
 }
 
@@ -55,7 +58,7 @@ pub struct SavePublicKey {
 #[serde(rename_all = "camelCase")]
 pub struct SetSessionKey {
     pub session_id: Option<String>,
-    pub encrypted_keys: Option<Value>,
+    pub encrypted_keys: Option<RawJson>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,5 +68,5 @@ pub struct FileDownloaded {
     pub downloaded_by: Option<String>,
     pub sender_id: Option<String>,
     pub file_name: Option<String>,
-    pub timestamp: Option<Value>,
+    pub timestamp: Option<RawJson>,
 }

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::Value;
 
 use super::payloads::{FileDownloaded, JoinSession, SavePublicKey, SendMessage};
 use crate::config::OriginalContent;
 use crate::domain::ids::{SessionRef, MAX_AUTH_KEY_LEN};
-use crate::domain::{epoch_ms, ChatMode, EventError, JoinError, SessionId, UserId};
+use crate::domain::raw::{self, RawJson};
+use crate::domain::{epoch_ms, ChatMode, EventError, JoinError, SessionId, UserId, WrappedKeys};
 use crate::store::{JoinRequest, NewMessage};
 
 /// Longest `displayName` kept.
@@ -28,7 +28,6 @@ pub const MAX_PUBLIC_KEY_BYTES: usize = 16 * 1024;
 /// Largest serialized `encryptedKeys` map of `set-session-key`.
 pub const MAX_WRAPPED_KEYS_BYTES: usize = 1024 * 1024;
 
-
 /// Validates a `join-session` payload (step 1 of the contract).
 pub fn join_request(p: JoinSession) -> Result<JoinRequest, JoinError> {
     let invalid = |reason: &str| JoinError::InvalidPayload(reason.into());
@@ -37,7 +36,13 @@ pub fn join_request(p: JoinSession) -> Result<JoinRequest, JoinError> {
         .ok_or_else(|| invalid("sessionId must be a string"))?;
     let user = p.user_id.ok_or_else(|| invalid("userId must be a string"))?;
     let user = UserId::parse(&user).ok_or_else(|| invalid("userId must be 1 to 128 printable characters"))?;
-    let is_creator = p.is_creator.is_some_and(|v| v.as_bool().unwrap_or(!v.is_null()));
+    if p.is_creator.as_deref().is_some_and(|v| !raw::within_depth(v)) {
+        return Err(invalid("isCreator is nested too deeply"));
+    }
+    // `true`, or anything but `false` and `null`, as the original read it.
+    let is_creator = p
+        .is_creator
+        .is_some_and(|v| !matches!(v.get().trim(), "false" | "null"));
     let parts = SessionRef::split(&raw);
     let session = match SessionId::parse(parts.id) {
         Some(id) => id,
@@ -53,9 +58,9 @@ pub fn join_request(p: JoinSession) -> Result<JoinRequest, JoinError> {
     }
     if p.public_key
         .as_ref()
-        .is_some_and(|k| json_len(k) > MAX_PUBLIC_KEY_BYTES)
+        .is_some_and(|k| k.get().len() > MAX_PUBLIC_KEY_BYTES || !raw::within_depth(k))
     {
-        return Err(invalid("publicKey is too large"));
+        return Err(invalid("publicKey is too large or nested too deeply"));
     }
     let mode = match p.chat_mode.as_deref() {
         None => ChatMode::Group,
@@ -72,22 +77,20 @@ pub fn join_request(p: JoinSession) -> Result<JoinRequest, JoinError> {
         offered_key,
         offered_password: parts.password.map(str::to_owned),
         mode,
+        may_create: false,
     })
 }
 
+/// A display name: at most [`MAX_DISPLAY_NAME_LEN`] bytes of text without
+/// control characters (empty means none).
 pub fn display_name(name: Option<String>) -> Result<Option<Arc<str>>, EventError> {
     match name {
-        Some(n) if n.len() > MAX_DISPLAY_NAME_LEN => {
-            Err(EventError::InvalidPayload("displayName is too long".into()))
-        }
+        Some(n) if n.len() > MAX_DISPLAY_NAME_LEN || n.chars().any(char::is_control) => Err(
+            EventError::InvalidPayload("displayName must be at most 128 bytes of printable text".into()),
+        ),
         Some(n) if n.is_empty() => Ok(None),
         n => Ok(n.map(Into::into)),
     }
-}
-
-/// Serialized length of a small JSON value, for size limits.
-pub fn json_len(v: &Value) -> usize {
-    serde_json::to_vec(v).map_or(usize::MAX, |b| b.len())
 }
 
 /// A `send-message` that passed validation.
@@ -97,7 +100,7 @@ pub struct SendRequest {
     pub message: NewMessage,
     /// The plaintext echoed to the author in `message-sent`, as
     /// `ORIGINAL_CONTENT` allows.
-    pub echo: Option<Value>,
+    pub echo: Option<RawJson>,
 }
 
 /// Validates a `send-message` payload (its binding checked before).
@@ -105,8 +108,11 @@ pub fn send_request(p: SendMessage, policy: OriginalContent) -> Result<SendReque
     let invalid = |reason: &str| EventError::InvalidPayload(reason.into());
     let encrypted = p
         .encrypted
-        .filter(|v| !v.is_null())
+        .filter(|v| !raw::is_null(v))
         .ok_or_else(|| invalid("encrypted is required"))?;
+    if !raw::within_depth(&encrypted) || p.original_content.as_deref().is_some_and(|o| !raw::within_depth(o)) {
+        return Err(invalid("encrypted and originalContent may nest at most 128 levels deep"));
+    }
     if p.kind.as_ref().is_some_and(|t| t.len() > MAX_TYPE_LEN) {
         return Err(invalid("type is too long"));
     }
@@ -116,9 +122,10 @@ pub fn send_request(p: SendMessage, policy: OriginalContent) -> Result<SendReque
     {
         return Err(invalid("clientMessageId must be 1 to 128 characters"));
     }
+    let original = p.original_content.filter(|v| !raw::is_null(v));
     let (echo, kept) = match policy {
-        OriginalContent::Echo => (p.original_content, None),
-        OriginalContent::Author => (p.original_content.clone(), p.original_content),
+        OriginalContent::Echo => (original, None),
+        OriginalContent::Author => (original.clone(), original),
         OriginalContent::Drop => (None, None),
     };
     Ok(SendRequest {
@@ -135,28 +142,24 @@ pub fn send_request(p: SendMessage, policy: OriginalContent) -> Result<SendReque
 
 /// Validates a `save-public-key` payload: the key (absent is `null`, which
 /// the store refuses) and the display name.
-pub fn public_key_request(p: SavePublicKey) -> Result<(Value, Option<Arc<str>>), EventError> {
-    let key = p.public_key.unwrap_or(Value::Null);
-    if json_len(&key) > MAX_PUBLIC_KEY_BYTES {
-        return Err(EventError::InvalidPayload("publicKey is too large".into()));
+pub fn public_key_request(p: SavePublicKey) -> Result<(RawJson, Option<Arc<str>>), EventError> {
+    let key = p.public_key.unwrap_or_else(|| raw::raw("null"));
+    if key.get().len() > MAX_PUBLIC_KEY_BYTES || !raw::within_depth(&key) {
+        return Err(EventError::InvalidPayload("publicKey is too large or nested too deeply".into()));
     }
     Ok((key, display_name(p.display_name)?))
 }
 
 /// Validates `set-session-key`'s `encryptedKeys`: user ids to strings, at
 /// most [`MAX_WRAPPED_KEYS_BYTES`].
-pub fn wrapped_keys(encrypted_keys: Option<Value>) -> Result<serde_json::Map<String, Value>, EventError> {
-    let invalid = || EventError::InvalidPayload("encryptedKeys must map user ids to strings".into());
-    let Some(Value::Object(keys)) = encrypted_keys else {
-        return Err(invalid());
-    };
-    if !keys.values().all(Value::is_string) {
-        return Err(invalid());
-    }
-    if keys.iter().map(|(k, v)| k.len() + json_len(v)).sum::<usize>() > MAX_WRAPPED_KEYS_BYTES {
+pub fn wrapped_keys(encrypted_keys: Option<RawJson>) -> Result<WrappedKeys, EventError> {
+    let keys = encrypted_keys.ok_or_else(|| {
+        EventError::InvalidPayload("encryptedKeys must map user ids to strings".into())
+    })?;
+    if keys.get().len() > MAX_WRAPPED_KEYS_BYTES {
         return Err(EventError::InvalidPayload("encryptedKeys is too large".into()));
     }
-    Ok(keys)
+    WrappedKeys::parse(keys)
 }
 
 /// A `download-notification` for the sender of a file.
@@ -165,7 +168,8 @@ pub fn wrapped_keys(encrypted_keys: Option<Value>) -> Result<serde_json::Map<Str
 pub struct DownloadNotice {
     pub downloaded_by: String,
     pub file_name: String,
-    pub timestamp: Value,
+    /// The client's timestamp when it is a number, else server time.
+    pub timestamp: RawJson,
 }
 
 /// Validates a `file-downloaded` payload: whose file (`senderId`) and the
@@ -185,9 +189,12 @@ pub fn download_notice(p: FileDownloaded, downloader: &UserId) -> Result<(String
         Some(name) if !name.is_empty() => name,
         _ => downloader.to_string(),
     };
+    if p.timestamp.as_deref().is_some_and(|t| !raw::within_depth(t)) {
+        return Err(invalid("timestamp is nested too deeply"));
+    }
     let timestamp = match p.timestamp {
-        Some(Value::Number(n)) => Value::Number(n),
-        _ => Value::from(epoch_ms()),
+        Some(t) if serde_json::from_str::<serde_json::Number>(t.get()).is_ok() => t,
+        _ => raw::raw(&epoch_ms().to_string()),
     };
     let notice = DownloadNotice {
         downloaded_by,

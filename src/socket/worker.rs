@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::events::{incoming, internal, outgoing};
 use super::queue::Command;
-use super::relay::{self, encode, Relay};
+use super::relay::{self, Relay};
 use super::App;
 use crate::domain::{ConnId, EventError, JoinError, SessionId, UserId};
 use crate::limits::Bucket;
@@ -82,13 +82,25 @@ pub struct Worker<A: Adapter> {
     /// went out): Redis may have applied it, so the member it may have made
     /// leaves with this socket as a bound one would.
     pub(super) maybe_joined: Option<Binding>,
+    /// The client's address (absent only for in-process test sockets).
+    pub(super) ip: Option<std::net::IpAddr>,
+    /// The history replay under way, if any (see [`super::replay`]).
+    pub(super) replay: Option<tokio::task::AbortHandle>,
+    /// What history this socket may still be sent this minute.
+    pub(super) replay_budget: std::sync::Arc<super::replay::ReplayBudget>,
     buckets: Buckets,
 }
 
 impl<A: Adapter> Worker<A> {
     pub fn new(socket: SocketRef<A>, relay: Relay<A>, app: App) -> Self {
         let conn = ConnId::new(socket.id.to_string());
+        let ip = socket
+            .req_parts()
+            .extensions
+            .get::<crate::http::serve::ClientIp>()
+            .map(|ip| ip.0);
         let rates = app.rates;
+        let replay_budget = super::replay::ReplayBudget::new(app.history_replay_per_min);
         let buckets = Buckets {
             send: Bucket::new(rates.send),
             join: Bucket::new(rates.join),
@@ -104,6 +116,9 @@ impl<A: Adapter> Worker<A> {
             conn,
             bound: None,
             maybe_joined: None,
+            ip,
+            replay: None,
+            replay_budget,
             buckets,
         }
     }
@@ -179,6 +194,7 @@ impl<A: Adapter> Worker<A> {
                 return self.event_error(&name, &EventError::UnknownEvent);
             }
             Command::Disconnect => {
+                self.stop_replay();
                 self.disconnect().await;
                 Ok(())
             }
@@ -270,16 +286,18 @@ impl<A: Adapter> Worker<A> {
     pub(super) fn refused(&mut self, e: EventError) -> EventError {
         if e == EventError::NotInSession {
             self.bound = None;
+            self.stop_replay();
         }
         e
     }
 
     fn session_error(&self, e: &JoinError) {
         metrics::session_error(e.code());
-        self.to_self(
-            outgoing::SESSION_ERROR,
-            &json!({ "error": e.code(), "message": e.to_string() }),
-        );
+        let mut error = json!({ "error": e.code(), "message": e.to_string() });
+        if let JoinError::RateLimited(wait) = e {
+            error["retryAfterMs"] = json!(wait.as_millis().max(1) as u64);
+        }
+        self.to_self(outgoing::SESSION_ERROR, &error);
     }
 
     fn event_error(&self, event: &str, e: &EventError) {
@@ -291,12 +309,17 @@ impl<A: Adapter> Worker<A> {
         );
     }
 
-    /// Emits to this socket; a full outgoing buffer cuts it off.
-    pub(super) fn to_self<T: Serialize + ?Sized>(&self, event: &str, data: &T) {
-        let Some(raw) = encode(event, data) else { return };
-        metrics::bytes_out(raw.get().len());
-        if let Err(e) = self.socket.emit(event, &*raw) {
-            relay::emit_failed(&self.socket, event, e);
+    /// Emits to this socket; returns the bytes queued. A socket whose
+    /// outgoing bytes pass `MAX_BUFFERED_BYTES_PER_SOCKET` is cut off.
+    pub(super) fn to_self<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> usize {
+        self.relay
+            .to_socket(&self.socket, event, data, self.app.max_buffered_bytes)
+    }
+
+    /// Stops the history replay under way, if any.
+    pub(super) fn stop_replay(&mut self) {
+        if let Some(replay) = self.replay.take() {
+            replay.abort();
         }
     }
 }

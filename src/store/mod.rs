@@ -18,10 +18,8 @@ pub mod types;
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use crate::domain::{ChatMode, ConnId, EventError, JoinError, PublicKeyEntry, ReserveError, SessionId};
-use crate::domain::{Unavailable, UserId};
+use crate::domain::{ChatMode, ConnId, EventError, JoinError, PublicKeyEntry, RawJson, ReserveError, SessionId};
+use crate::domain::{Unavailable, UserId, WrappedKeys};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 pub use types::*;
@@ -93,6 +91,29 @@ impl Store {
         on_backend!(self, join(req, conn, now_ms))
     }
 
+    /// The next page of a joiner's history (see [`Joined::more_history`]);
+    /// nothing once `conn` is no longer the member's socket.
+    pub async fn history_page(
+        &self,
+        session: &SessionId,
+        viewer: &UserId,
+        conn: &ConnId,
+        cursor: &HistoryCursor,
+    ) -> Result<HistoryPage, Unavailable> {
+        match self {
+            Self::Memory(m) => Ok(m.history_page(session, viewer, conn, cursor)),
+            Self::Redis(r) => r.history_page(session, viewer, conn, cursor).await,
+        }
+    }
+
+    /// Which of `ids` are live sessions.
+    pub async fn sessions_exist(&self, ids: &[SessionId]) -> Result<Vec<bool>, Unavailable> {
+        match self {
+            Self::Memory(m) => Ok(m.sessions_exist(ids)),
+            Self::Redis(r) => r.sessions_exist(ids).await,
+        }
+    }
+
     /// `get-public-keys`: every key but the requester's; nothing for a non-member.
     pub async fn public_keys_for(
         &self,
@@ -112,21 +133,23 @@ impl Store {
         session: &SessionId,
         user: &UserId,
         conn: &ConnId,
-        key: Value,
+        key: RawJson,
         display_name: Option<Arc<str>>,
     ) -> Result<Vec<PublicKeyEntry>, EventError> {
         crate::domain::rules::require_public_key(&key)?;
         on_backend!(self, save_public_key(session, user, conn, key, display_name))
     }
 
-    /// `set-session-key`: the creator of a group session replaces the wrapped keys.
+    /// `set-session-key`: the creator of a group session replaces the
+    /// wrapped keys (charged to the history budget; `STORE_FULL` when even
+    /// evicting all history could not make room).
     pub async fn set_session_key(
         &self,
         session: &SessionId,
         user: &UserId,
         conn: &ConnId,
-        keys: serde_json::Map<String, Value>,
-    ) -> Result<Arc<serde_json::Map<String, Value>>, EventError> {
+        keys: WrappedKeys,
+    ) -> Result<WrappedKeys, EventError> {
         on_backend!(self, set_session_key(session, user, conn, keys))
     }
 

@@ -5,12 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::domain::rules;
-use crate::domain::{ChatMode, ConnId, Message, PublicKeyEntry, SessionId, UserId};
+use crate::domain::{ChatMode, ConnId, Message, PublicKeyEntry, RawJson, SessionId, UserId};
 
-/// Bounds the store enforces; all come from [`crate::Config`].
+/// History bytes (by [`Message::weight`]) of one `messages-history` event: a
+/// joiner gets its history page by page, each sent once the one before has
+/// been written. Small on purpose: tungstenite keeps a WebSocket's output
+/// buffer at the size of the largest frame it ever wrote, for the life of
+/// the connection (docs/PROTOCOL.md, "Facts about the stack", point 4).
+pub const HISTORY_PAGE_BYTES: usize = 16 * 1024;
+
+/// Bounds the store enforces; from [`crate::Config`] but the page size.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_sessions: usize,
@@ -21,6 +27,11 @@ pub struct Limits {
     pub max_total_history_bytes: usize,
     pub idle_timeout: Duration,
     pub member_timeout: Duration,
+    /// Most history bytes (by [`Message::weight`]) one page holds: a join
+    /// answers the first page, [`Store::history_page`](super::Store::history_page)
+    /// the others, one `messages-history` event each. A larger message
+    /// makes a page of its own.
+    pub history_page_bytes: usize,
 }
 
 /// A `join-session` after its payload was parsed.
@@ -30,12 +41,16 @@ pub struct JoinRequest {
     pub user: UserId,
     pub display_name: Option<Arc<str>>,
     /// Stored only when truthy (the stock client rejoins with `null`).
-    pub public_key: Option<Value>,
+    pub public_key: Option<RawJson>,
     pub is_creator: bool,
     pub offered_key: Option<String>,
     pub offered_password: Option<String>,
     /// The mode a creator's join creates an unknown session with.
     pub mode: ChatMode,
+    /// Whether a creator's join of an unknown id may create the session
+    /// (the caller has charged the creation to the client's address);
+    /// otherwise it is refused `SESSION_NOT_FOUND` like anyone's.
+    pub may_create: bool,
 }
 
 /// How a successful join relates to what was there.
@@ -55,10 +70,14 @@ pub struct Joined {
     pub kind: JoinKind,
     pub mode: ChatMode,
     pub display_name: Option<Arc<str>>,
-    /// Messages this member may see, oldest first.
+    /// The first page of the messages this member may see, oldest first.
     pub history: Vec<Arc<Message>>,
+    /// Where the rest of the history starts, when there is more.
+    pub more_history: Option<HistoryCursor>,
     /// The group key wrapped for this member, when one was set.
-    pub encrypted_session_key: Option<Value>,
+    pub encrypted_session_key: Option<RawJson>,
+    /// Whether this join created the session.
+    pub created: bool,
     /// Every stored key, for the whole room.
     pub public_keys: Vec<PublicKeyEntry>,
     pub timestamp: u64,
@@ -69,8 +88,8 @@ pub struct Joined {
 #[derive(Debug)]
 pub struct NewMessage {
     pub to: Option<Arc<str>>,
-    pub encrypted: Value,
-    pub original_content: Option<Value>,
+    pub encrypted: RawJson,
+    pub original_content: Option<RawJson>,
     pub kind: Option<Arc<str>>,
     pub client_message_id: Option<Arc<str>>,
 }
@@ -97,6 +116,37 @@ impl NewMessage {
             original_content: if keep_original { self.original_content } else { None },
         }
     }
+}
+
+/// Where a member's history replay goes on: opaque to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryCursor(pub(super) CursorAt);
+
+impl HistoryCursor {
+    /// The start of a history, whichever store holds it.
+    pub fn start() -> Self {
+        Self(CursorAt::Start)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum CursorAt {
+    /// The oldest message held.
+    Start,
+    /// The embedded store: the sequence number of the next message.
+    Seq(u64),
+    /// The Redis store: the index entry of the last message sent.
+    Entry(String),
+}
+
+/// One page of a member's history.
+#[derive(Debug, Default)]
+pub struct HistoryPage {
+    /// The messages of the page this member may see, oldest first (a page
+    /// can hold none: messages between other members).
+    pub messages: Vec<Arc<Message>>,
+    /// Where the next page starts, when there is more.
+    pub next: Option<HistoryCursor>,
 }
 
 /// Where a message goes.

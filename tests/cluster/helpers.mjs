@@ -264,6 +264,7 @@ export function serverEnv(port, env = {}) {
     ORIGINAL_CONTENT: 'echo',
     HANDSHAKE_RATE_PER_IP: '0',
     RESERVE_RATE_PER_IP: '0',
+    MAX_SESSIONS_PER_IP: '0',
     SEND_RATE_PER_SOCKET: '0',
     JOIN_RATE_PER_MIN: '0',
     TYPING_RATE_PER_MIN: '0',

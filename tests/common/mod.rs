@@ -36,6 +36,7 @@ pub fn test_config() -> Config {
         max_sockets_per_ip: 0,
         handshake_rate_per_ip: 0,
         reserve_rate_per_ip: 0,
+        max_sessions_per_ip: 0,
         send_rate_per_socket: 0,
         join_rate_per_min: 0,
         typing_rate_per_min: 0,
@@ -277,6 +278,20 @@ pub async fn join_ok(client: &Client, payload: Value) -> Joined {
         metadata,
         keys,
     }
+}
+
+/// A joiner's whole history: the first page a join answers and the pages
+/// that follow it, one `messages-history` each, until none comes for a
+/// while (docs/PROTOCOL.md: history travels in pages the client merges).
+pub async fn whole_history(client: &Client, first: Value) -> Value {
+    let mut all = first.as_array().cloned().unwrap_or_default();
+    while let Some(page) = client
+        .try_recv_event("messages-history", std::time::Duration::from_millis(500))
+        .await
+    {
+        all.extend(page.as_array().cloned().unwrap_or_default());
+    }
+    Value::Array(all)
 }
 
 /// Emits `join-session`, expects a `session-error` with `code`, and that

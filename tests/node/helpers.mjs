@@ -84,6 +84,7 @@ export async function startServer(env = {}) {
     // messages back to back; tests of the limits set them explicitly.
     HANDSHAKE_RATE_PER_IP: '0',
     RESERVE_RATE_PER_IP: '0',
+    MAX_SESSIONS_PER_IP: '0',
     SEND_RATE_PER_SOCKET: '0',
     JOIN_RATE_PER_MIN: '0',
     TYPING_RATE_PER_MIN: '0',

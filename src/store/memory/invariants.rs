@@ -58,11 +58,11 @@ impl MemoryStore {
             if ids.len() != s.history.len() || ids != s.history_ids {
                 return Err(format!("{id}: history ids out of step"));
             }
-            total += bytes;
+            total += bytes + s.wrapped_bytes();
         }
         if total != self.total_history_bytes() {
             return Err(format!(
-                "total history {} but counted {}",
+                "total history and wrapped keys {} but counted {}",
                 total,
                 self.total_history_bytes()
             ));

@@ -16,15 +16,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use serde_json::Value;
 use tokio::time::Instant;
 
+use super::types::CursorAt;
 use super::{
-    Departures, Expired, JoinKind, JoinRequest, Joined, Left, Limits, NewMessage, Route, Sent, SessionSummary,
-    StoreStats,
+    Departures, Expired, HistoryCursor, HistoryPage, JoinKind, JoinRequest, Joined, Left, Limits, NewMessage,
+    Route, Sent, SessionSummary, StoreStats,
 };
 use crate::domain::rules;
-use crate::domain::{ChatMode, ConnId, EventError, JoinError, PublicKeyEntry, ReserveError, SessionId, UserId};
+use crate::domain::{
+    ChatMode, ConnId, EventError, JoinError, PublicKeyEntry, RawJson, ReserveError, SessionId, UserId,
+    WrappedKeys,
+};
 use session::{lock, read, write, Member, Session};
 
 /// Cloneable handle to the sessions held in this process.
@@ -37,8 +40,13 @@ struct Shared {
     sessions: RwLock<HashMap<SessionId, Arc<Mutex<Session>>>>,
     /// Creation counter, for the debug listing's order.
     next_seq: AtomicU64,
-    /// History bytes of all sessions, changed only under a session's lock.
+    /// Bytes in the history budget (`MAX_TOTAL_HISTORY_BYTES`) of all
+    /// sessions: their history and wrapped keys. Changed only under a
+    /// session's lock.
     total_history_bytes: AtomicUsize,
+    /// The wrapped keys' part of `total_history_bytes` (they cannot be
+    /// evicted to make room).
+    total_wrapped_bytes: AtomicUsize,
     limits: Limits,
 }
 
@@ -49,6 +57,7 @@ impl MemoryStore {
                 sessions: RwLock::new(HashMap::new()),
                 next_seq: AtomicU64::new(0),
                 total_history_bytes: AtomicUsize::new(0),
+                total_wrapped_bytes: AtomicUsize::new(0),
                 limits,
             }),
         }
@@ -120,9 +129,9 @@ impl MemoryStore {
 
     /// `join-session`, docs/PROTOCOL.md section 5 steps 2–10, for socket `conn`.
     pub fn join(&self, req: JoinRequest, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
-        let session = match self.get(&req.session) {
-            Some(session) => session,
-            None if !req.is_creator => return Err(JoinError::SessionNotFound),
+        let (session, created) = match self.get(&req.session) {
+            Some(session) => (session, false),
+            None if !(req.is_creator && req.may_create) => return Err(JoinError::SessionNotFound),
             None => self.create_for_creator(&req)?,
         };
         let mut s = lock(&session);
@@ -131,9 +140,42 @@ impl MemoryStore {
             s.reserved = false;
             s.creator = Some(req.user.clone());
         }
-        let capacity = rules::capacity(s.mode, self.shared.limits.max_group_members);
+        let kind = Self::seat(&mut s, &req, conn, now_ms, self.shared.limits.max_group_members)?;
+        let member = s.members.get_mut(&req.user).expect("seated above");
+        if req.display_name.is_some() {
+            member.display_name = req.display_name.clone();
+        }
+        let (display_name, joined_at) = (member.display_name.clone(), member.joined_at);
+        if let Some(key) = req.public_key.filter(|k| crate::domain::raw::is_truthy(k)) {
+            s.store_key(&req.user, key, display_name.clone(), joined_at);
+        }
+        s.last_activity = Instant::now();
+        let (history, next) = s.page(&req.user, s.first_seq, self.shared.limits.history_page_bytes);
+        Ok(Joined {
+            kind,
+            mode: s.mode,
+            display_name,
+            history,
+            more_history: next.map(|seq| HistoryCursor(CursorAt::Seq(seq))),
+            encrypted_session_key: s.wrapped_keys.as_ref().and_then(|k| k.for_user(req.user.as_str())),
+            created,
+            public_keys: s.public_keys.clone(),
+            timestamp: now_ms,
+        })
+    }
+
+    /// Gives the joiner its seat: the same socket again, a new socket for a
+    /// member, or a new member when there is room (step 5).
+    fn seat(
+        s: &mut Session,
+        req: &JoinRequest,
+        conn: &ConnId,
+        now_ms: u64,
+        max_group_members: usize,
+    ) -> Result<JoinKind, JoinError> {
+        let capacity = rules::capacity(s.mode, max_group_members);
         let full = s.members.len() >= capacity;
-        let kind = match s.members.get_mut(&req.user) {
+        Ok(match s.members.get_mut(&req.user) {
             Some(member) if member.conn == *conn => JoinKind::Repeat,
             Some(member) => {
                 let previous = std::mem::replace(&mut member.conn, conn.clone());
@@ -149,30 +191,41 @@ impl MemoryStore {
                 s.members.insert(req.user.clone(), member);
                 JoinKind::New
             }
-        };
-        let member = s.members.get_mut(&req.user).expect("member inserted above");
-        if req.display_name.is_some() {
-            member.display_name = req.display_name.clone();
-        }
-        let (display_name, joined_at) = (member.display_name.clone(), member.joined_at);
-        if let Some(key) = req.public_key.filter(rules::is_truthy) {
-            s.store_key(&req.user, key, display_name.clone(), joined_at);
-        }
-        s.last_activity = Instant::now();
-        Ok(Joined {
-            kind,
-            mode: s.mode,
-            display_name,
-            history: s
-                .history
-                .iter()
-                .filter(|m| m.visible_to(&req.user))
-                .cloned()
-                .collect(),
-            encrypted_session_key: s.wrapped_keys.get(req.user.as_str()).cloned(),
-            public_keys: s.public_keys.clone(),
-            timestamp: now_ms,
         })
+    }
+
+    /// The page of `viewer`'s history at `cursor` (see [`Limits::history_page_bytes`]);
+    /// an empty last page once `conn` is no longer the member's socket.
+    pub fn history_page(
+        &self,
+        session: &SessionId,
+        viewer: &UserId,
+        conn: &ConnId,
+        cursor: &HistoryCursor,
+    ) -> HistoryPage {
+        let from = match cursor.0 {
+            CursorAt::Seq(seq) => seq,
+            CursorAt::Start => 0,
+            CursorAt::Entry(_) => return HistoryPage::default(),
+        };
+        let Some(session) = self.get(session) else {
+            return HistoryPage::default();
+        };
+        let s = lock(&session);
+        if s.members.get(viewer).is_none_or(|m| m.conn != *conn) {
+            return HistoryPage::default();
+        }
+        let (messages, next) = s.page(viewer, from, self.shared.limits.history_page_bytes);
+        HistoryPage {
+            messages,
+            next: next.map(|seq| HistoryCursor(CursorAt::Seq(seq))),
+        }
+    }
+
+    /// Which of `ids` are live sessions.
+    pub fn sessions_exist(&self, ids: &[SessionId]) -> Vec<bool> {
+        let sessions = read(&self.shared.sessions);
+        ids.iter().map(|id| sessions.contains_key(id)).collect()
     }
 
     /// `get-public-keys`: every key but the requester's, or nothing when the
@@ -190,7 +243,7 @@ impl MemoryStore {
         session: &SessionId,
         user: &UserId,
         conn: &ConnId,
-        key: Value,
+        key: RawJson,
         display_name: Option<Arc<str>>,
     ) -> Result<Vec<PublicKeyEntry>, EventError> {
         rules::require_public_key(&key)?;
@@ -205,19 +258,35 @@ impl MemoryStore {
         })
     }
 
-    /// `set-session-key`: the creator of a group session replaces the wrapped keys.
+    /// `set-session-key`: the creator of a group session replaces the
+    /// wrapped keys. They count in the history budget; when even evicting
+    /// every message could not make room for them, they are refused.
     pub fn set_session_key(
         &self,
         session: &SessionId,
         user: &UserId,
         conn: &ConnId,
-        keys: serde_json::Map<String, Value>,
-    ) -> Result<Arc<serde_json::Map<String, Value>>, EventError> {
-        self.with_member(session, user, conn, |s| {
+        keys: WrappedKeys,
+    ) -> Result<WrappedKeys, EventError> {
+        let budget = self.shared.limits.max_total_history_bytes;
+        let stored = self.with_member(session, user, conn, |s| {
             rules::may_set_session_key(s.mode, s.creator.as_ref() == Some(user))?;
-            s.wrapped_keys = Arc::new(keys);
-            Ok(s.wrapped_keys.clone())
-        })
+            let (old, new) = (s.wrapped_bytes(), keys.weight());
+            let wrapped = &self.shared.total_wrapped_bytes;
+            if wrapped.load(Ordering::Relaxed) - old + new > budget {
+                return Err(EventError::StoreFull);
+            }
+            wrapped.fetch_add(new, Ordering::Relaxed);
+            wrapped.fetch_sub(old, Ordering::Relaxed);
+            self.shared.total_history_bytes.fetch_add(new, Ordering::Relaxed);
+            self.shared.total_history_bytes.fetch_sub(old, Ordering::Relaxed);
+            s.wrapped_keys = Some(keys.clone());
+            Ok(keys)
+        });
+        if self.total_history_bytes() > budget {
+            self.enforce_history_budget();
+        }
+        stored
     }
 
     /// `send-message`: stores a new id once and says where the message goes.
@@ -272,7 +341,8 @@ impl MemoryStore {
                 .iter()
                 .map(|(id, s)| (id.clone(), s.clone()))
                 .collect();
-            // Ties go to the greatest id, as in the Redis store.
+            // Ties go to the greatest id, as in the Redis store. Only history
+            // can be evicted: wrapped keys stay.
             let Some((_, largest)) = sessions
                 .iter()
                 // One session lock at a time: the key is taken per session.
@@ -378,9 +448,11 @@ impl MemoryStore {
             if idle < timeout {
                 return true;
             }
+            let wrapped = s.wrapped_bytes();
             self.shared
                 .total_history_bytes
-                .fetch_sub(s.history_bytes, Ordering::Relaxed);
+                .fetch_sub(s.history_bytes + wrapped, Ordering::Relaxed);
+            self.shared.total_wrapped_bytes.fetch_sub(wrapped, Ordering::Relaxed);
             if !s.members.is_empty() {
                 let conns = s.members.values().map(|m| m.conn.clone()).collect();
                 expired.push(Expired {
@@ -415,21 +487,21 @@ impl MemoryStore {
     }
 
     /// A creator's join of an unknown id creates the session with the offered key.
-    fn create_for_creator(&self, req: &JoinRequest) -> Result<Arc<Mutex<Session>>, JoinError> {
+    fn create_for_creator(&self, req: &JoinRequest) -> Result<(Arc<Mutex<Session>>, bool), JoinError> {
         let Some(key) = req.offered_key.as_deref().filter(|k| !k.is_empty()) else {
             return Err(JoinError::InvalidKey);
         };
         let mut sessions = write(&self.shared.sessions);
         if let Some(existing) = sessions.get(&req.session) {
             // Created by another join between our look-up and this lock.
-            return Ok(existing.clone());
+            return Ok((existing.clone(), false));
         }
         if sessions.len() >= self.shared.limits.max_sessions {
             return Err(JoinError::SessionLimit);
         }
         let session = Arc::new(Mutex::new(self.new_session(req.session.clone(), req.mode, key)));
         sessions.insert(req.session.clone(), session.clone());
-        Ok(session)
+        Ok((session, true))
     }
 
     /// Runs `f` on the session when `conn` is `user`'s current socket in it,

@@ -5,11 +5,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::domain::rules;
-use crate::domain::{ChatMode, ConnId, JoinError, Message, PublicKeyEntry, SecretDigest, SessionId, UserId};
+use crate::domain::{
+    ChatMode, ConnId, JoinError, Message, PublicKeyEntry, SecretDigest, SessionId, UserId, WrappedKeys,
+};
 use crate::store::{JoinRequest, Limits};
 
 pub(super) struct Session {
@@ -26,11 +28,14 @@ pub(super) struct Session {
     /// Published keys in the order they were first stored.
     pub(super) public_keys: Vec<PublicKeyEntry>,
     pub(super) history: VecDeque<Arc<Message>>,
+    /// Sequence number of `history[0]`; each message's is one more than
+    /// the one before, so a replay can go on from where it stopped.
+    pub(super) first_seq: u64,
     pub(super) history_bytes: usize,
     /// Ids of the messages in `history`, to store each id once.
     pub(super) history_ids: HashSet<Arc<str>>,
-    /// The group key wrapped for each member.
-    pub(super) wrapped_keys: Arc<serde_json::Map<String, Value>>,
+    /// The group key wrapped for each member, when the creator set one.
+    pub(super) wrapped_keys: Option<WrappedKeys>,
     pub(super) last_activity: Instant,
 }
 
@@ -55,9 +60,10 @@ impl Session {
             members: HashMap::new(),
             public_keys: Vec::new(),
             history: VecDeque::new(),
+            first_seq: 0,
             history_bytes: 0,
             history_ids: HashSet::new(),
-            wrapped_keys: Arc::default(),
+            wrapped_keys: None,
             last_activity: Instant::now(),
         }
     }
@@ -91,10 +97,10 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn store_key(&mut self, user: &UserId, key: Value, display_name: Option<Arc<str>>, joined_at: u64) {
+    pub(super) fn store_key(&mut self, user: &UserId, key: Box<RawValue>, display_name: Option<Arc<str>>, joined_at: u64) {
         let entry = PublicKeyEntry {
             user_id: user.clone(),
-            public_key: key,
+            public_key: Arc::from(key),
             display_name,
             joined_at,
         };
@@ -121,11 +127,40 @@ impl Session {
 
     pub(super) fn pop_oldest(&mut self, total: &AtomicUsize) {
         if let Some(old) = self.history.pop_front() {
+            self.first_seq += 1;
             let weight = old.weight();
             self.history_bytes -= weight;
             total.fetch_sub(weight, Ordering::Relaxed);
             self.history_ids.remove(&old.id);
         }
+    }
+
+    /// Bytes of the wrapped keys in the history budget.
+    pub(super) fn wrapped_bytes(&self) -> usize {
+        self.wrapped_keys.as_ref().map_or(0, WrappedKeys::weight)
+    }
+
+    /// The page of `viewer`'s history that starts at sequence number `from`
+    /// (or at the oldest message held, when that one is gone): messages
+    /// up to `max_bytes` of weight (at least one), those `viewer` may see.
+    pub(super) fn page(&self, viewer: &UserId, from: u64, max_bytes: usize) -> (Vec<Arc<Message>>, Option<u64>) {
+        let start = usize::try_from(from.saturating_sub(self.first_seq)).unwrap_or(usize::MAX);
+        let mut bytes = 0;
+        let mut messages = Vec::new();
+        let mut end = start;
+        for m in self.history.iter().skip(start) {
+            let weight = m.weight();
+            if end > start && bytes + weight > max_bytes {
+                break;
+            }
+            bytes += weight;
+            end += 1;
+            if m.visible_to(viewer) {
+                messages.push(m.clone());
+            }
+        }
+        let next = (end < self.history.len()).then(|| self.first_seq + end as u64);
+        (messages, next)
     }
 }
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use redis::Value;
 use serde::Deserialize;
 
-use crate::domain::{ConnId, EventError, JoinError, Message, PublicKeyEntry, SecretDigest, SessionId, UserId};
+use crate::domain::{
+    ConnId, EventError, JoinError, Message, PublicKeyEntry, RawJson, SecretDigest, SessionId, UserId,
+};
 use crate::store::Departures;
 
 /// A secret as the scripts take it: its hex SHA-256 (Redis only ever holds
@@ -56,6 +58,11 @@ impl Reply {
     }
 }
 
+/// An optional JSON value as a script answers it (`''` or `'='` + JSON).
+pub(super) fn raw_opt(v: Option<Arc<str>>) -> Option<RawJson> {
+    v.and_then(|json| serde_json::value::RawValue::from_string(json.to_string()).ok())
+}
+
 pub(super) fn text(v: Value) -> String {
     Reply(vec![v].into_iter()).string()
 }
@@ -86,14 +93,14 @@ pub(super) struct StoredMessage {
     from: UserId,
     #[serde(default)]
     to: Option<Arc<str>>,
-    encrypted: serde_json::Value,
+    encrypted: RawJson,
     timestamp: u64,
     #[serde(rename = "type")]
     kind: Arc<str>,
     #[serde(default)]
     sender_display_name: Option<Arc<str>>,
     #[serde(default)]
-    original_content: Option<serde_json::Value>,
+    original_content: Option<RawJson>,
 }
 
 impl From<StoredMessage> for Message {
@@ -116,6 +123,7 @@ pub(super) fn event_refusal(code: &str) -> EventError {
         "UNKNOWN_RECIPIENT" => EventError::UnknownRecipient,
         "NOT_GROUP" => EventError::NotGroupSession,
         "NOT_CREATOR" => EventError::NotCreator,
+        "STORE_FULL" => EventError::StoreFull,
         _ => EventError::NotInSession,
     }
 }

@@ -56,14 +56,7 @@ pub struct RedisSettings {
     pub store_timeout: Duration,
     /// `CLEANUP_INTERVAL_SECS`: the backstop TTL must outlast a sweep.
     pub cleanup_interval: Duration,
-    /// The most history bytes one Redis call reads (see [`scripts::JOIN`]);
-    /// [`HISTORY_CHUNK_BYTES`] but in tests.
-    pub history_chunk_bytes: usize,
 }
-
-/// History bytes a join reads from Redis per call: a call that copies more
-/// keeps Redis from everyone else for longer (about 6 ms per MiB here).
-pub const HISTORY_CHUNK_BYTES: usize = 1 << 20;
 
 /// Who asks for a leave, which decides whether a departure can be
 /// announced twice or never when an answer from Redis was lost.
@@ -87,6 +80,10 @@ pub struct RedisStore {
 
 struct Inner {
     conn: ConnectionManager,
+    /// The heartbeat's own connection: behind a burst of large history
+    /// reads on `conn`, a beat could wait long enough for this healthy node
+    /// to look dead.
+    beat_conn: ConnectionManager,
     prefix: String,
     node: String,
     limits: Limits,
@@ -94,7 +91,6 @@ struct Inner {
     node_timeout: Duration,
     /// How long session keys outlive their eviction deadline.
     ttl_margin: Duration,
-    history_chunk_bytes: usize,
     /// False from a failed call until the node has recovered (see
     /// [`RedisStore::mark_recovered`]); meanwhile every operation is refused
     /// at once and `/health` says `degraded`.
@@ -117,7 +113,7 @@ struct Scripts {
     evict: Script,
     remove_node: Script,
     node_members: Script,
-    history_range: Script,
+    history_page: Script,
 }
 
 impl Scripts {
@@ -135,7 +131,7 @@ impl Scripts {
             &self.evict,
             &self.remove_node,
             &self.node_members,
-            &self.history_range,
+            &self.history_page,
         ]
     }
 
@@ -164,7 +160,7 @@ impl Scripts {
             evict: s(scripts::EVICT),
             remove_node: s(scripts::REMOVE_NODE),
             node_members: s(scripts::NODE_MEMBERS),
-            history_range: s(scripts::HISTORY_RANGE),
+            history_page: s(scripts::HISTORY_PAGE),
         }
     }
 }
@@ -186,6 +182,9 @@ pub async fn connect(
     let conn = ConnectionManager::new_with_config(client.clone(), config.clone())
         .await
         .with_context(unreachable)?;
+    let beat_conn = ConnectionManager::new_with_config(client.clone(), config.clone())
+        .await
+        .with_context(unreachable)?;
     check_version(&mut conn.clone()).await.with_context(unreachable)?;
     let scripts = Scripts::load();
     scripts
@@ -199,10 +198,10 @@ pub async fn connect(
     let store = RedisStore {
         inner: Arc::new(Inner {
             conn,
+            beat_conn,
             prefix: settings.prefix.clone(),
             node: settings.node_id.clone(),
             ttl_margin: settings.cleanup_interval * 2 + Duration::from_secs(60),
-            history_chunk_bytes: settings.history_chunk_bytes.max(1),
             limits,
             timeout: settings.store_timeout,
             node_timeout: settings.node_timeout,
@@ -401,5 +400,10 @@ impl RedisStore {
     async fn query_ungated<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Unavailable> {
         let mut conn = self.inner.conn.clone();
         self.bounded(cmd.query_async(&mut conn)).await
+    }
+
+    /// The connection the heartbeat writes on.
+    fn beat_connection(&self) -> ConnectionManager {
+        self.inner.beat_conn.clone()
     }
 }

@@ -65,8 +65,9 @@ impl RedisStore {
         let ttl = self.inner.node_timeout.as_millis() as u64;
         // PEXPIRE first: Redis allows it even when full, so a full Redis
         // does not make every node look dead.
+        let mut conn = self.beat_connection();
         let alive: bool = self
-            .query_ungated(redis::cmd("PEXPIRE").arg(&beat).arg(ttl))
+            .bounded(redis::cmd("PEXPIRE").arg(&beat).arg(ttl).query_async(&mut conn))
             .await?;
         if alive {
             return Ok(true);
@@ -83,7 +84,6 @@ impl RedisStore {
             .arg(self.key("nodes"))
             .arg(node)
             .ignore();
-        let mut conn = self.inner.conn.clone();
         let () = self.bounded(pipe.query_async(&mut conn)).await?;
         Ok(false)
     }

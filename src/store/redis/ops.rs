@@ -3,17 +3,21 @@
 
 use std::sync::Arc;
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::{Script, ScriptInvocation};
 use tokio::time::Instant;
 
-use super::codec::{event_refusal, flag, join_refusal, opt_arg, public_keys, secret_arg, text, Reply, StoredMessage};
+use super::codec::{event_refusal, flag, join_refusal, opt_arg, public_keys, raw_opt, secret_arg, text, Reply, StoredMessage};
 use super::{LeaveBy, RedisStore};
 use crate::domain::rules;
 use crate::domain::{
-    ChatMode, ConnId, EventError, JoinError, Message, MessageView, PublicKeyEntry, ReserveError, SessionId,
-    Unavailable, UserId,
+    ChatMode, ConnId, EventError, JoinError, Message, PublicKeyEntry, RawJson, ReserveError, SessionId,
+    Unavailable, UserId, WrappedKeys,
 };
-use crate::store::{JoinKind, JoinRequest, Joined, Left, NewMessage, Route, Sent, SessionSummary, StoreStats};
+use crate::store::types::CursorAt;
+use crate::store::{
+    HistoryCursor, HistoryPage, JoinKind, JoinRequest, Joined, Left, NewMessage, Route, Sent, SessionSummary,
+    StoreStats,
+};
 
 /// How long a departure is retried while Redis is out of reach; one still
 /// not recorded then is found by the node's reconciliation once Redis is
@@ -106,9 +110,9 @@ impl RedisStore {
         let offered_key = req.offered_key.as_deref().unwrap_or_default();
         let public_key = req
             .public_key
-            .filter(rules::is_truthy)
-            .map(|k| k.to_string())
-            .unwrap_or_default();
+            .as_deref()
+            .filter(|k| crate::domain::raw::is_truthy(k))
+            .map_or("", |k| k.get());
         let limits = &self.inner.limits;
         let mut inv = self.invocation_at(&self.inner.scripts.join, now_ms);
         inv.arg(req.session.as_str())
@@ -125,7 +129,8 @@ impl RedisStore {
             .arg(limits.max_group_members)
             .arg(opt_arg(req.display_name.as_deref()))
             .arg(public_key)
-            .arg(self.inner.history_chunk_bytes);
+            .arg(limits.history_page_bytes)
+            .arg(flag(req.may_create));
         let (status, mut r) = self.run(inv).await?;
         match status.as_str() {
             "ok" => {}
@@ -145,67 +150,59 @@ impl RedisStore {
         };
         let mode = ChatMode::parse(&r.string()).unwrap_or_default();
         let display_name = r.opt();
-        let wrapped: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&r.string()).unwrap_or_default();
+        let encrypted_session_key = raw_opt(r.opt());
         let public_keys = public_keys(r.list());
-        let (inline, index) = (r.list(), r.list());
-        let stored = if index.is_empty() {
-            inline
-        } else {
-            self.history_in_ranges(&req.session, index).await?
-        };
-        let history = stored
-            .into_iter()
-            .filter_map(|v| serde_json::from_slice::<StoredMessage>(text(v).as_bytes()).ok())
-            .map(Message::from)
-            .filter(|m| m.visible_to(&req.user))
-            .map(Arc::new)
-            .collect();
+        let page = read_page(&mut r, &req.user);
         Ok(Joined {
             kind,
             mode,
             display_name,
-            history,
-            encrypted_session_key: wrapped.get(req.user.as_str()).cloned(),
+            history: page.messages,
+            more_history: page.next,
+            encrypted_session_key,
+            created: r.string() == "1",
             public_keys,
             timestamp: now_ms,
         })
     }
 
-    /// Reads a history too large for the join's answer, range by range
-    /// (each of at most `history_chunk_bytes`, or one message): what `index`
-    /// (the join's `hw` entries) names and is still held.
-    async fn history_in_ranges(
+    /// The next page of `viewer`'s history; nothing once `conn` is no
+    /// longer the member's socket.
+    pub async fn history_page(
         &self,
         session: &SessionId,
-        index: Vec<Value>,
-    ) -> Result<Vec<Value>, Unavailable> {
-        let entries: Vec<String> = index.into_iter().map(text).collect();
-        let weight = |entry: &str| {
-            entry
-                .split_once('|')
-                .and_then(|(w, _)| w.parse::<usize>().ok())
-                .unwrap_or(0)
+        viewer: &UserId,
+        conn: &ConnId,
+        cursor: &HistoryCursor,
+    ) -> Result<HistoryPage, Unavailable> {
+        // No index entry is empty: the start is found nowhere, as a trimmed one.
+        let entry = match &cursor.0 {
+            CursorAt::Entry(entry) => entry.as_str(),
+            CursorAt::Start => "",
+            CursorAt::Seq(_) => return Ok(HistoryPage::default()),
         };
-        let chunk = self.inner.history_chunk_bytes;
-        let mut messages = Vec::with_capacity(entries.len());
-        let mut start = 0;
-        while start < entries.len() {
-            let mut end = start + 1;
-            let mut bytes = weight(&entries[start]);
-            while end < entries.len() && bytes + weight(&entries[end]) <= chunk {
-                bytes += weight(&entries[end]);
-                end += 1;
-            }
-            let mut inv = self.invocation(&self.inner.scripts.history_range);
-            inv.arg(session.as_str())
-                .arg(&entries[start])
-                .arg(&entries[end - 1]);
-            let (_, mut r) = self.run(inv).await?;
-            messages.extend(r.list());
-            start = end;
+        let mut inv = self.invocation(&self.inner.scripts.history_page);
+        inv.arg(session.as_str())
+            .arg(viewer.as_str())
+            .arg(conn.as_str())
+            .arg(entry)
+            .arg(self.inner.limits.history_page_bytes);
+        let (status, mut r) = self.run(inv).await?;
+        if status != "ok" {
+            return Ok(HistoryPage::default());
         }
-        Ok(messages)
+        Ok(read_page(&mut r, viewer))
+    }
+
+    /// Which of `ids` are live sessions.
+    pub async fn sessions_exist(&self, ids: &[SessionId]) -> Result<Vec<bool>, Unavailable> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("EXISTS").arg(self.session_key(id.as_str()));
+        }
+        self.gate()?;
+        let mut conn = self.inner.conn.clone();
+        self.bounded(pipe.query_async(&mut conn)).await
     }
 
     /// A member-only script: refusals map to the contract's event errors.
@@ -247,13 +244,13 @@ impl RedisStore {
         session: &SessionId,
         user: &UserId,
         conn: &ConnId,
-        key: serde_json::Value,
+        key: RawJson,
         display_name: Option<Arc<str>>,
     ) -> Result<Vec<PublicKeyEntry>, EventError> {
         rules::require_public_key(&key)?;
         let mut r = self
             .member_op(&self.inner.scripts.save_key, session, user, conn, |inv| {
-                inv.arg(opt_arg(display_name.as_deref())).arg(key.to_string());
+                inv.arg(opt_arg(display_name.as_deref())).arg(key.get());
             })
             .await?;
         Ok(public_keys(r.list()))
@@ -264,14 +261,17 @@ impl RedisStore {
         session: &SessionId,
         user: &UserId,
         conn: &ConnId,
-        keys: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Arc<serde_json::Map<String, serde_json::Value>>, EventError> {
-        let json = serde_json::to_string(&keys).unwrap_or_else(|_| "{}".into());
+        keys: WrappedKeys,
+    ) -> Result<WrappedKeys, EventError> {
+        let budget = self.inner.limits.max_total_history_bytes;
         self.member_op(&self.inner.scripts.set_session_key, session, user, conn, |inv| {
-            inv.arg(json);
+            inv.arg(keys.weight()).arg(budget);
+            for (user, wrapped) in keys.entries() {
+                inv.arg(user).arg(wrapped.get());
+            }
         })
         .await?;
-        Ok(Arc::new(keys))
+        Ok(keys)
     }
 
     pub async fn send_message(
@@ -287,11 +287,7 @@ impl RedisStore {
         let to: Option<Arc<str>> = rules::direct_recipient(message.to.as_deref()).map(Into::into);
         // Serialized once, without the sender's name (the script adds the
         // name it holds): the ciphertext is copied into Redis and nowhere else.
-        let stored = serde_json::to_string(&MessageView {
-            message: &message,
-            original_content: message.original_content.as_ref(),
-        })
-        .map_err(|e| EventError::InvalidPayload(e.to_string()))?;
+        let stored = serde_json::to_string(&message.stored()).map_err(|e| EventError::InvalidPayload(e.to_string()))?;
         let limits = &self.inner.limits;
         let mut r = self
             .member_op(&self.inner.scripts.send_message, session, from, conn, |inv| {
@@ -392,5 +388,24 @@ impl RedisStore {
             display_name: r.opt(),
             public_keys: public_keys(r.list()),
         })
+    }
+}
+
+/// A page of history as a script answers it: the stored messages (those
+/// `viewer` may see are kept), the index entry of the last, whether more follow.
+fn read_page(r: &mut Reply, viewer: &UserId) -> HistoryPage {
+    let messages = r
+        .list()
+        .into_iter()
+        .filter_map(|v| serde_json::from_slice::<StoredMessage>(text(v).as_bytes()).ok())
+        .map(Message::from)
+        .filter(|m| m.visible_to(viewer))
+        .map(Arc::new)
+        .collect();
+    let last = r.string();
+    let more = r.string() == "1";
+    HistoryPage {
+        messages,
+        next: (more && !last.is_empty()).then_some(HistoryCursor(CursorAt::Entry(last))),
     }
 }

@@ -12,13 +12,15 @@
 //! | `P:sessions` | zset | every session id, scored by creation time (ms) |
 //! | `P:idle` | zset | every session id, scored by its eviction deadline (ms) |
 //! | `P:hbytes` | zset | session id → its history bytes (`hb`), for `MAX_TOTAL_HISTORY_BYTES` |
-//! | `P:hbtotal` | string | the sum of `P:hbytes`: history bytes of all sessions |
-//! | `P:s:{id}` | hash | `mode`, `key` and `pw` digests (hex), `reserved`, `creator`, `wk` (wrapped keys, JSON), `ks` (key order counter), `hb` (history bytes) |
+//! | `P:hbtotal` | string | bytes in the history budget of all sessions: the sum of `P:hbytes` and of every session's `wb` |
+//! | `P:wbtotal` | string | the sum of every session's `wb` (wrapped keys cannot be evicted to make room) |
+//! | `P:s:{id}` | hash | `mode`, `key` and `pw` digests (hex), `reserved`, `creator`, `ks` (key order counter), `hb` (history bytes), `wb` (wrapped keys' bytes), `wk` (wrapped keys of an older version, JSON; read once, never written) |
 //! | `P:s:{id}:m` | hash | user id → member `{c: socket id, n: node id, j: joined at, d: display name}` |
 //! | `P:s:{id}:k` | hash | user id → `<order>|<public key entry JSON>` |
 //! | `P:s:{id}:h` | list | history, oldest first (message JSON) |
 //! | `P:s:{id}:hw` | list | `<weight>|<message id>` beside each history entry |
 //! | `P:s:{id}:hi` | set | the ids in history |
+//! | `P:s:{id}:w` | hash | user id → the group key wrapped for that user (a JSON string, as the creator sent it) |
 //! | `P:node:<node>` | string | the node's heartbeat; expires after `NODE_TIMEOUT_SECS` |
 //! | `P:nodes` | set | node ids that may hold members |
 //! | `P:node:<node>:m` | set | `<session id>\n<user id>` of the node's members |
@@ -45,10 +47,16 @@ local SESSIONS = P .. ':sessions'
 local IDLE = P .. ':idle'
 local HBYTES = P .. ':hbytes'
 local HBTOTAL = P .. ':hbtotal'
+local WBTOTAL = P .. ':wbtotal'
 
 local function skeys(sid)
   local b = P .. ':s:{' .. sid .. '}'
-  return { meta = b, mem = b .. ':m', pk = b .. ':k', h = b .. ':h', hw = b .. ':hw', hi = b .. ':hi' }
+  return { meta = b, mem = b .. ':m', pk = b .. ':k', h = b .. ':h', hw = b .. ':hw', hi = b .. ':hi',
+    w = b .. ':w' }
+end
+
+local function entry_weight(e)
+  return tonumber(string.sub(e, 1, string.find(e, '|', 1, true) - 1))
 end
 
 -- Drops the session's oldest message; answers its weight.
@@ -62,6 +70,49 @@ local function pop_oldest(k)
   return w
 end
 
+-- Past the budget, the oldest messages of the largest sessions go first
+-- (ties: the greatest id), as in the embedded store; wrapped keys stay.
+local function enforce_budget(total, budget)
+  while total > budget do
+    local largest = redis.call('ZREVRANGE', HBYTES, 0, 0)[1]
+    if not largest then break end
+    local lk = skeys(largest)
+    if redis.call('LLEN', lk.h) == 0 then break end
+    while total > budget and redis.call('LLEN', lk.h) > 0 do
+      local freed = pop_oldest(lk)
+      redis.call('ZINCRBY', HBYTES, -freed, largest)
+      total = redis.call('INCRBY', HBTOTAL, -freed)
+    end
+  end
+end
+
+-- The page of history from index `first` (0-based): messages up to
+-- `max_bytes` of weight, at least one. Answers them, the index entry of the
+-- last one ('' when none) and whether more follow.
+local function page(k, first, max_bytes)
+  local bytes, last, last_entry = 0, first - 1, ''
+  local batch = 32
+  local pos = first
+  local full = false
+  while not full do
+    local entries = redis.call('LRANGE', k.hw, pos, pos + batch - 1)
+    if #entries == 0 then break end
+    for _, e in ipairs(entries) do
+      local w = entry_weight(e)
+      if last >= first and bytes + w > max_bytes then
+        full = true
+        break
+      end
+      bytes, last, last_entry = bytes + w, last + 1, e
+    end
+    pos = pos + #entries
+    if #entries < batch then break end
+  end
+  if last < first then return {}, '', false end
+  local more = redis.call('LLEN', k.hw) > last + 1
+  return redis.call('LRANGE', k.h, first, last), last_entry, more
+end
+
 local function node_members(node)
   return P .. ':node:' .. node .. ':m'
 end
@@ -72,7 +123,7 @@ local function arg_opt(s)
 end
 
 local function ret_opt(v)
-  if v == nil then return '' end
+  if not v then return '' end
   return '=' .. v
 end
 
@@ -82,7 +133,7 @@ local function touch(sid, k)
   if redis.call('HLEN', k.mem) > 0 then timeout = MEMBER_MS end
   redis.call('ZADD', IDLE, NOW + timeout, sid)
   local px = timeout + MARGIN_MS
-  for _, key in ipairs({ k.meta, k.mem, k.pk, k.h, k.hw, k.hi }) do
+  for _, key in ipairs({ k.meta, k.mem, k.pk, k.h, k.hw, k.hi, k.w }) do
     redis.call('PEXPIRE', key, px)
   end
 end
@@ -127,7 +178,7 @@ end
 
 local function create(sid, k, mode, key, pw)
   redis.call('HSET', k.meta, 'mode', mode, 'key', key, 'pw', pw, 'reserved', '1',
-    'creator', '', 'ks', 0, 'hb', 0, 'wk', '{}')
+    'creator', '', 'ks', 0, 'hb', 0, 'wb', 0)
   redis.call('ZADD', SESSIONS, NOW, sid)
 end
 "#;
@@ -149,23 +200,25 @@ return { 'ok' }
 /// `'1'`/`'0'`, `[13]` offered password digest or `''`, `[14]` mode of a
 /// session the creator creates, `[15]` its password digest or `''`, `[16]`
 /// MAX_SESSIONS, `[17]` MAX_GROUP_MEMBERS, `[18]` display name (optional),
-/// `[19]` public key JSON or `''`, `[20]` the most history bytes answered
-/// inline.
+/// `[19]` public key JSON or `''`, `[20]` the most history bytes of a page,
+/// `[21]` `'1'` when a creator's join may create an unknown session.
 ///
-/// Answers `{'ok', kind, previous socket, mode, display name, wrapped keys,
-/// public keys (flat hash), history, history index}`: a history of up to
-/// `ARGV[20]` bytes comes whole and the index is empty; a larger one comes
-/// as its index (the `hw` entries) and is read in ranges with
-/// [`HISTORY_RANGE`], so that no single call keeps Redis busy for long.
+/// Answers `{'ok', kind, previous socket, mode, display name, wrapped key
+/// (optional), public keys (flat hash), first page of history, index entry
+/// of its last message or '', '1' when more pages follow, '1' when this join
+/// created the session}`; the other pages come from [`HISTORY_PAGE`], so
+/// that no single call keeps Redis busy for long.
 pub const JOIN: &str = r#"
 local sid, user, conn, node = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local creator_join = ARGV[10] == '1'
 local k = skeys(sid)
+local created = '0'
 if redis.call('EXISTS', k.meta) == 0 then
-  if not creator_join then return { 'SESSION_NOT_FOUND' } end
+  if not creator_join or ARGV[21] ~= '1' then return { 'SESSION_NOT_FOUND' } end
   if ARGV[12] ~= '1' then return { 'INVALID_KEY' } end
   if redis.call('ZCARD', SESSIONS) >= tonumber(ARGV[16]) then return { 'SESSION_LIMIT' } end
   create(sid, k, ARGV[14], ARGV[11], ARGV[15])
+  created = '1'
 end
 local meta = redis.call('HMGET', k.meta, 'mode', 'key', 'pw', 'reserved', 'creator', 'wk')
 local mode, key, pw, reserved, creator, wk = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6]
@@ -206,28 +259,34 @@ if name then m.d = name end
 redis.call('HSET', k.mem, user, cjson.encode(m))
 if ARGV[19] ~= '' then store_key(k, user, ARGV[19], m.d, m.j) end
 touch(sid, k)
-local head = { 'ok', kind, previous, mode, ret_opt(m.d), wk, redis.call('HGETALL', k.pk) }
-if tonumber(redis.call('HGET', k.meta, 'hb') or '0') <= tonumber(ARGV[20]) then
-  table.insert(head, redis.call('LRANGE', k.h, 0, -1))
-  table.insert(head, {})
-else
-  table.insert(head, {})
-  table.insert(head, redis.call('LRANGE', k.hw, 0, -1))
+local wrapped = redis.call('HGET', k.w, user)
+if not wrapped and wk and wk ~= '' and wk ~= '{}' then
+  local old = cjson.decode(wk)[user]
+  if type(old) == 'string' then wrapped = cjson.encode(old) end
 end
-return head
+local msgs, last, more = page(k, 0, tonumber(ARGV[20]))
+local more_flag = '0'
+if more then more_flag = '1' end
+return { 'ok', kind, previous, mode, ret_opt(m.d), ret_opt(wrapped), redis.call('HGETALL', k.pk),
+  msgs, last, more_flag, created }
 "#;
 
-/// `ARGV[6]` session, `[7]` first and `[8]` last entry of a range of the
-/// history index (`hw`) a join answered. Answers `{'ok', messages}`: those
-/// of the range still held. History is only ever trimmed at its head, so
-/// when the first entry is gone the range starts at the head, and when the
-/// last is gone nothing of the range is left.
-pub const HISTORY_RANGE: &str = r#"
+/// `ARGV[6]` session, `[7]` user, `[8]` socket, `[9]` index entry of the
+/// last message sent, `[10]` the most history bytes of a page. Answers
+/// `{'ok', messages, index entry of the last one or '', '1' when more
+/// follow}`, or `{'NOT_IN_SESSION'}` once the socket is no longer the
+/// member's. History is only ever trimmed at its head, so when the entry is
+/// gone the page starts at the head.
+pub const HISTORY_PAGE: &str = r#"
 local k = skeys(ARGV[6])
-local last = redis.call('LPOS', k.hw, ARGV[8])
-if not last then return { 'ok', {} } end
-local first = redis.call('LPOS', k.hw, ARGV[7]) or 0
-return { 'ok', redis.call('LRANGE', k.h, first, last) }
+if not current_member(k, ARGV[7], ARGV[8]) then return { 'NOT_IN_SESSION' } end
+local pos = redis.call('LPOS', k.hw, ARGV[9])
+local first = 0
+if pos then first = pos + 1 end
+local msgs, last, more = page(k, first, tonumber(ARGV[10]))
+local more_flag = '0'
+if more then more_flag = '1' end
+return { 'ok', msgs, last, more_flag }
 "#;
 
 /// `ARGV[6]` session, `[7]` user, `[8]` socket. Answers `{'ok', public keys}`.
@@ -256,15 +315,33 @@ touch(sid, k)
 return { 'ok', redis.call('HGETALL', k.pk) }
 "#;
 
-/// `ARGV[6]` session, `[7]` user, `[8]` socket, `[9]` wrapped keys JSON.
+/// `ARGV[6]` session, `[7]` user, `[8]` socket, `[9]` the wrapped keys'
+/// weight, `[10]` MAX_TOTAL_HISTORY_BYTES, then user id and wrapped key
+/// (JSON string) pairs. The keys count in the history budget: refused
+/// `STORE_FULL` when even evicting every message could not make room, and
+/// otherwise history is evicted as by [`SEND_MESSAGE`].
 pub const SET_SESSION_KEY: &str = r#"
 local sid, user, conn = ARGV[6], ARGV[7], ARGV[8]
 local k = skeys(sid)
 if not current_member(k, user, conn) then return { 'NOT_IN_SESSION' } end
-local meta = redis.call('HMGET', k.meta, 'mode', 'creator')
+local meta = redis.call('HMGET', k.meta, 'mode', 'creator', 'wb')
 if meta[1] ~= 'group' then return { 'NOT_GROUP' } end
 if meta[2] ~= user then return { 'NOT_CREATOR' } end
-redis.call('HSET', k.meta, 'wk', ARGV[9])
+local old, w, budget = tonumber(meta[3] or '0'), tonumber(ARGV[9]), tonumber(ARGV[10])
+if tonumber(redis.call('GET', WBTOTAL) or '0') - old + w > budget then return { 'STORE_FULL' } end
+redis.call('DEL', k.w)
+local batch = {}
+for i = 11, #ARGV do
+  table.insert(batch, ARGV[i])
+  if #batch == 512 then
+    redis.call('HSET', k.w, unpack(batch))
+    batch = {}
+  end
+end
+if #batch > 0 then redis.call('HSET', k.w, unpack(batch)) end
+redis.call('HSET', k.meta, 'wb', w, 'wk', '')
+redis.call('INCRBY', WBTOTAL, w - old)
+enforce_budget(redis.call('INCRBY', HBTOTAL, w - old), budget)
 touch(sid, k)
 return { 'ok' }
 "#;
@@ -312,19 +389,7 @@ if redis.call('SISMEMBER', k.hi, id) == 0 then
   -- budget was kept in Redis enters it whole).
   local counted = tonumber(redis.call('ZSCORE', HBYTES, sid) or '0')
   redis.call('ZADD', HBYTES, hb, sid)
-  local total = redis.call('INCRBY', HBTOTAL, hb - counted)
-  local budget = tonumber(ARGV[15])
-  while total > budget do
-    local largest = redis.call('ZREVRANGE', HBYTES, 0, 0)[1]
-    if not largest then break end
-    local lk = skeys(largest)
-    if redis.call('LLEN', lk.h) == 0 then break end
-    while total > budget and redis.call('LLEN', lk.h) > 0 do
-      local freed = pop_oldest(lk)
-      redis.call('ZINCRBY', HBYTES, -freed, largest)
-      total = redis.call('INCRBY', HBTOTAL, -freed)
-    end
-  end
+  enforce_budget(redis.call('INCRBY', HBTOTAL, hb - counted), tonumber(ARGV[15]))
 end
 touch(sid, k)
 return { 'ok', is_new, route, ret_opt(m.d) }
@@ -402,14 +467,14 @@ for i = 1, #all, 2 do
   table.insert(conns, m.c)
   redis.call('SREM', node_members(m.n), sid .. '\n' .. all[i])
 end
-redis.call('DEL', k.meta, k.mem, k.pk, k.h, k.hw, k.hi)
+local wb = tonumber(redis.call('HGET', k.meta, 'wb') or '0')
+redis.call('DEL', k.meta, k.mem, k.pk, k.h, k.hw, k.hi, k.w)
 redis.call('ZREM', IDLE, sid)
 redis.call('ZREM', SESSIONS, sid)
-local counted = redis.call('ZSCORE', HBYTES, sid)
-if counted then
-  redis.call('ZREM', HBYTES, sid)
-  redis.call('INCRBY', HBTOTAL, -tonumber(counted))
-end
+local counted = tonumber(redis.call('ZSCORE', HBYTES, sid) or '0')
+redis.call('ZREM', HBYTES, sid)
+if counted + wb > 0 then redis.call('INCRBY', HBTOTAL, -(counted + wb)) end
+if wb > 0 then redis.call('INCRBY', WBTOTAL, -wb) end
 return { 'ok', conns }
 "#;
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide::extract::{SocketRef, State};
 use socketioxide::handler::ConnectHandler;
-use socketioxide::{SocketIo, SocketIoBuilder};
+use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -144,6 +144,10 @@ pub fn builder(config: &Config, app: App) -> SocketIoBuilder {
         // Allocated per WebSocket for its whole life; larger messages grow it
         // while they are read (docs/PROTOCOL.md, "Facts about the stack", point 4).
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
+        // No client of the contract sends binary attachments (files travel
+        // as base64 inside the ciphertext); socketioxide would otherwise
+        // hold up to 10 MB of them per socket while it waits for the rest.
+        .with_parser(ParserConfig::common().max_incoming_binaries(0).max_incoming_binary_buf_size(0))
         .with_state(app)
 }
 

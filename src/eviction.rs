@@ -8,20 +8,20 @@ use tokio::time::{self, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::IpLimiter;
-use crate::quota::SessionQuota;
+use crate::socket::Creations;
 use crate::store::Store;
 use crate::socket::relay::Relay;
 
 /// Sweeps every `interval` until `stop` is cancelled. Members of a session
 /// evicted while they are still connected are told `SESSION_EXPIRED` and
 /// removed from its room (in a cluster, by the one node that evicted it).
-/// Also prunes the per-IP rate limiters and the session quota, so their
-/// state stays bounded.
+/// Also prunes the per-IP rate limiters, session quota and failure budget,
+/// so their state stays bounded.
 pub async fn run<A: Adapter>(
     store: Store,
     io: SocketIo<A>,
     limiters: Vec<Arc<IpLimiter>>,
-    quota: Arc<SessionQuota>,
+    creations: Creations,
     interval: std::time::Duration,
     stop: CancellationToken,
 ) {
@@ -35,7 +35,8 @@ pub async fn run<A: Adapter>(
         for limiter in &limiters {
             limiter.prune();
         }
-        quota.prune(&store).await;
+        creations.quota.prune(&store).await;
+        creations.failures.prune();
         // Redis down: nothing is evicted now; the next sweep catches up.
         let Ok(sweep) = store.sweep().await else { continue };
         if sweep.evicted > 0 {
@@ -66,6 +67,8 @@ mod tests {
             idle_timeout: Duration::from_secs(1800),
             member_timeout: Duration::from_secs(7200),
             history_page_bytes: 1 << 14,
+            auth_failures_per_session_per_min: 0,
+            password_kdf: crate::domain::secret::KdfCost::CHEAPEST,
         })
     }
 
@@ -81,14 +84,15 @@ mod tests {
             mode: ChatMode::Group,
             may_create: true,
         };
-        store.join(req, &ConnId::new(conn), 0).unwrap();
+        let auth = store.auth_for(&req);
+        store.join(req, &auth, &ConnId::new(conn), 0).unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_empty_session_lives_for_the_idle_timeout() {
         let store = store();
         store
-            .reserve(SessionId::parse("idle").unwrap(), "k", ChatMode::Group)
+            .reserve(SessionId::parse("idle").unwrap(), "k", ChatMode::Group, None)
             .unwrap();
         tokio::time::advance(Duration::from_secs(1799)).await;
         assert!(store.sweep(tokio::time::Instant::now()).is_empty());

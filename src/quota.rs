@@ -157,6 +157,8 @@ mod tests {
             idle_timeout: Duration::from_secs(1800),
             member_timeout: Duration::from_secs(7200),
             history_page_bytes: 1 << 14,
+            auth_failures_per_session_per_min: 0,
+            password_kdf: crate::domain::secret::KdfCost::CHEAPEST,
         })
     }
 
@@ -189,5 +191,96 @@ mod tests {
         assert!(quota.claim(ip, &store).await.unwrap().is_some(), "the ended one is not counted");
         quota.prune(&store).await;
         assert_eq!(quota.count(ip), 0);
+    }
+}
+
+/// Wrong keys and passwords per client address (`AUTH_FAILURES_PER_IP_PER_MIN`),
+/// in fixed one-minute windows: past the limit, that address's joins wait
+/// (`RATE_LIMITED` with `retryAfterMs`) without being checked, so one
+/// address guesses at most that many passwords a minute. The map is pruned
+/// of past windows every cleanup interval, and capped.
+pub struct FailureBudget {
+    max: u32,
+    by_ip: Mutex<HashMap<IpAddr, (u32, tokio::time::Instant)>>,
+}
+
+/// The window failures are counted in.
+const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most addresses tracked at once: past it, windows that ended are dropped,
+/// and if none has, a new address is refused until some end (fail closed).
+const MAX_TRACKED_ADDRESSES: usize = 100_000;
+
+impl FailureBudget {
+    /// `max` failures per address per minute; 0 means no limit.
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            by_ip: Mutex::default(),
+        })
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<IpAddr, (u32, tokio::time::Instant)>> {
+        self.by_ip.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long `ip` must wait before its next check, when it must.
+    pub fn wait(&self, ip: IpAddr) -> Option<std::time::Duration> {
+        if self.max == 0 {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        let mut map = self.map();
+        if !map.contains_key(&ip) && map.len() >= MAX_TRACKED_ADDRESSES {
+            map.retain(|_, (_, start)| now.saturating_duration_since(*start) < FAILURE_WINDOW);
+            if map.len() >= MAX_TRACKED_ADDRESSES {
+                return Some(FAILURE_WINDOW);
+            }
+        }
+        let (count, start) = map.get(&ip).copied()?;
+        let elapsed = now.saturating_duration_since(start);
+        (elapsed < FAILURE_WINDOW && count >= self.max).then(|| FAILURE_WINDOW - elapsed)
+    }
+
+    /// Counts one wrong key or password from `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        if self.max == 0 {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let mut map = self.map();
+        let entry = map.entry(ip).or_insert((0, now));
+        if now.saturating_duration_since(entry.1) >= FAILURE_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+
+    /// Drops windows that ended.
+    pub fn prune(&self) {
+        let now = tokio::time::Instant::now();
+        self.map()
+            .retain(|_, (_, start)| now.saturating_duration_since(*start) < FAILURE_WINDOW);
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_waits_once_it_spent_its_failures_for_the_minute() {
+        let budget = FailureBudget::new(3);
+        let ip = IpAddr::from([10, 0, 0, 3]);
+        for _ in 0..3 {
+            assert_eq!(budget.wait(ip), None);
+            budget.failed(ip);
+        }
+        let wait = budget.wait(ip).expect("spent");
+        assert!(wait <= FAILURE_WINDOW && wait > std::time::Duration::from_secs(59));
+        assert_eq!(budget.wait(IpAddr::from([10, 0, 0, 4])), None, "other addresses are not affected");
+        tokio::time::advance(FAILURE_WINDOW).await;
+        assert_eq!(budget.wait(ip), None, "a new minute");
+        budget.prune();
+        assert!(budget.map().is_empty());
     }
 }

@@ -31,7 +31,7 @@ use crate::limits::{IpLimiter, Rate};
 use crate::store::redis::driver::ManagedDriver;
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::socket::relay::Relay;
-use crate::quota::SessionQuota;
+use crate::quota::{FailureBudget, SessionQuota};
 use crate::socket::{self, App, ClusterAdapter, Creations};
 
 /// How long shutdown waits for sockets' departures to be handled.
@@ -78,12 +78,15 @@ impl Server {
             idle_timeout: config.session_idle_timeout,
             member_timeout: config.session_member_timeout,
             history_page_bytes: crate::store::HISTORY_PAGE_BYTES,
+            auth_failures_per_session_per_min: config.auth_failures_per_session_per_min,
+            password_kdf: crate::domain::secret::KdfCost::STANDARD,
         };
         crate::metrics::init();
         let workers = TaskTracker::new();
         let creations = Creations {
             rate: Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(config.reserve_rate_per_ip))),
             quota: SessionQuota::new(config.max_sessions_per_ip),
+            failures: FailureBudget::new(config.auth_failures_per_ip_per_min),
         };
         let Some(url) = config.redis_url.clone() else {
             let store = Store::memory(limits);
@@ -207,7 +210,7 @@ impl<A: Adapter> Assembly<A> {
             store.clone(),
             io.clone(),
             limiters,
-            creations.quota.clone(),
+            creations.clone(),
             config.cleanup_interval,
             stop.clone(),
         ))];

@@ -109,7 +109,7 @@ async fn garbage_packets_on_the_websocket_are_refused_and_harm_nobody() {
             "binary event, one attachment sent",
             format!("451-[\"x\",{}]", placeholder(0)),
             Some(vec![1, 2, 3]),
-            Refusal::EventError("x", "UNKNOWN_EVENT"),
+            Refusal::Closed,
         ),
         (
             "binary event, attachment missing, then text",

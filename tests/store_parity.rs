@@ -43,6 +43,8 @@ fn limits() -> Limits {
         // Small: a history of more than a message or two comes in several
         // pages, as a large one would.
         history_page_bytes: 1_200,
+        auth_failures_per_session_per_min: 2,
+        password_kdf: e2e_chat_server::domain::secret::KdfCost::CHEAPEST,
     }
 }
 

@@ -15,6 +15,8 @@ use std::time::Duration;
 use e2e_chat_server::store::{JoinKind, JoinRequest, Limits, NewMessage, Route};
 use e2e_chat_server::store::MemoryStore as Store;
 use e2e_chat_server::domain::raw::{raw, raw_string};
+use e2e_chat_server::domain::secret::KdfCost;
+use e2e_chat_server::store::password::new_password;
 use e2e_chat_server::domain::{ChatMode, ConnId, EventError, JoinError, SessionId, UserId, WrappedKeys};
 use proptest::prelude::*;
 use serde_json::json;
@@ -43,6 +45,8 @@ fn limits() -> Limits {
         idle_timeout: Duration::from_secs(IDLE_SECS),
         member_timeout: Duration::from_secs(MEMBER_SECS),
         history_page_bytes: 1 << 20,
+        auth_failures_per_session_per_min: 0,
+        password_kdf: KdfCost::CHEAPEST,
     }
 }
 
@@ -346,7 +350,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         match *op {
             Op::Reserve { s, key, mode } => {
                 let (s, key, mode) = (SESSIONS[s], KEYS[key], MODES[mode]);
-                let result = store.reserve(sid(s), key, mode);
+                let password = new_password(mode, key, KdfCost::CHEAPEST);
+                let result = store.reserve(sid(s), key, mode, password);
                 let expected = if model.sessions.contains_key(s) {
                     Err("exists")
                 } else if model.sessions.len() >= MAX_SESSIONS {
@@ -388,7 +393,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     mode: MODES[mode],
                     may_create: true,
                 };
-                let result = store.join(req, &ConnId::new(c), stamp);
+                let auth = store.auth_for(&req);
+                let result = store.join(req, &auth, &ConnId::new(c), stamp);
                 let expected = model.join(s, u, c, creator, key, password, MODES[mode], pk);
                 match (&result, &expected) {
                     (Ok(joined), Ok(kind)) => {

@@ -33,7 +33,8 @@ fuzz_target!(|data: &[u8]| {
     ][usize::from(selector % 4)];
     let c = conn(c);
     let before = store.session_count();
-    let result = store.join(req.clone(), &c, 2);
+    let auth = store.auth_for(&req);
+    let result = store.join(req.clone(), &auth, &c, 2);
     // As the worker does: a socket holds one binding, so joining as someone
     // else leaves the previous one.
     if result.is_ok() {

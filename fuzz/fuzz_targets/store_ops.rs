@@ -13,7 +13,7 @@ use e2e_chat_server::store::{JoinKind, JoinRequest, NewMessage};
 use e2e_chat_server::store::MemoryStore as Store;
 use e2e_chat_server::domain::raw::{raw, raw_string};
 use e2e_chat_server::domain::{ChatMode, ConnId, SessionId, UserId, WrappedKeys};
-use e2e_chat_server_fuzz::{check, conn, limits, sid, uid};
+use e2e_chat_server_fuzz::{check, conn, limits, new_password, sid, uid};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 
@@ -140,7 +140,12 @@ fn run(ops: Vec<Op>) {
             Op::Reserve { s, key, mode } => {
                 let _ = ctx
                     .store
-                    .reserve(sid(pick(&SESSIONS, s)), pick(&KEYS, key), pick(&MODES, mode));
+                    .reserve(
+                        sid(pick(&SESSIONS, s)),
+                        pick(&KEYS, key),
+                        pick(&MODES, mode),
+                        new_password(pick(&MODES, mode), pick(&KEYS, key), limits().password_kdf),
+                    );
             }
             Op::Join {
                 s,
@@ -169,7 +174,8 @@ fn run(ops: Vec<Op>) {
                     may_create: true,
                 };
                 let before = ctx.member_count(&s);
-                match ctx.store.join(req, &c, seq) {
+                let auth = ctx.store.auth_for(&req);
+                match ctx.store.join(req, &auth, &c, seq) {
                     Ok(joined) => {
                         let previous = ctx.members.insert((s.clone(), u.clone()), c.clone());
                         match (&joined.kind, previous) {

@@ -7,6 +7,8 @@ use e2e_chat_server::store::{JoinRequest, Limits, MemoryStore as Store};
 use e2e_chat_server::domain::{ChatMode, ConnId, SessionId, UserId};
 
 /// Small bounds, so that the fuzzer reaches them quickly.
+pub use e2e_chat_server::store::password::new_password;
+
 pub fn limits() -> Limits {
     Limits {
         max_sessions: 4,
@@ -17,6 +19,8 @@ pub fn limits() -> Limits {
         idle_timeout: Duration::from_secs(10),
         member_timeout: Duration::from_secs(60),
         history_page_bytes: 2 * 1024,
+        auth_failures_per_session_per_min: 0,
+        password_kdf: e2e_chat_server::domain::secret::KdfCost::CHEAPEST,
     }
 }
 
@@ -49,12 +53,18 @@ pub fn seeded() -> Store {
             mode,
             may_create: true,
         };
-        store.join(req, &conn(c), 1).expect("seed join");
+        let auth = store.auth_for(&req);
+        store.join(req, &auth, &conn(c), 1).expect("seed join");
     };
     join("room", "alice", "c-alice", true, "key", ChatMode::Group);
     join("room", "bob", "c-bob", false, "key", ChatMode::Group);
     store
-        .reserve(sid("pair"), "k:pw", ChatMode::Password)
+        .reserve(
+            sid("pair"),
+            "k:pw",
+            ChatMode::Password,
+            new_password(ChatMode::Password, "k:pw", limits().password_kdf),
+        )
         .expect("seed reserve");
     join("pair", "alice", "c-alice2", true, "k:pw", ChatMode::Password);
     check(&store);

@@ -92,6 +92,12 @@ pub struct Config {
     pub reserve_rate_per_ip: u32,
     /// `MAX_SESSIONS_PER_IP`: live sessions created per client IP (0 = no limit).
     pub max_sessions_per_ip: usize,
+    /// `AUTH_FAILURES_PER_IP_PER_MIN`: wrong keys and passwords per client IP
+    /// per minute before that IP's joins wait (0 = no limit).
+    pub auth_failures_per_ip_per_min: u32,
+    /// `AUTH_FAILURES_PER_SESSION_PER_MIN`: wrong keys and passwords one
+    /// session takes per minute before its joins wait (0 = no limit).
+    pub auth_failures_per_session_per_min: u32,
     /// `SEND_RATE_PER_SOCKET`: sustained `send-message` per second per socket (0 = no limit).
     pub send_rate_per_socket: u32,
     /// `SEND_BURST_PER_SOCKET`: `send-message` a socket may send at once.
@@ -221,6 +227,8 @@ impl Config {
             handshake_rate_per_ip: env.parse("HANDSHAKE_RATE_PER_IP")?,
             reserve_rate_per_ip: env.parse("RESERVE_RATE_PER_IP")?,
             max_sessions_per_ip: env.parse("MAX_SESSIONS_PER_IP")?,
+            auth_failures_per_ip_per_min: env.parse("AUTH_FAILURES_PER_IP_PER_MIN")?,
+            auth_failures_per_session_per_min: env.parse("AUTH_FAILURES_PER_SESSION_PER_MIN")?,
             send_rate_per_socket: env.parse("SEND_RATE_PER_SOCKET")?,
             send_burst_per_socket: env.positive("SEND_BURST_PER_SOCKET")?,
             max_buffered_bytes_per_socket: env.positive("MAX_BUFFERED_BYTES_PER_SOCKET")?,
@@ -309,6 +317,11 @@ impl Config {
             ("HANDSHAKE_RATE_PER_IP", self.handshake_rate_per_ip.to_string()),
             ("RESERVE_RATE_PER_IP", self.reserve_rate_per_ip.to_string()),
             ("MAX_SESSIONS_PER_IP", self.max_sessions_per_ip.to_string()),
+            ("AUTH_FAILURES_PER_IP_PER_MIN", self.auth_failures_per_ip_per_min.to_string()),
+            (
+                "AUTH_FAILURES_PER_SESSION_PER_MIN",
+                self.auth_failures_per_session_per_min.to_string(),
+            ),
             ("SEND_RATE_PER_SOCKET", self.send_rate_per_socket.to_string()),
             ("SEND_BURST_PER_SOCKET", self.send_burst_per_socket.to_string()),
             (

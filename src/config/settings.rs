@@ -47,6 +47,8 @@ pub const SETTINGS: &[Setting] = &[
     s("TRUST_PROXY", "", "header carrying the client IP set by a trusted reverse proxy (e.g. x-forwarded-for, last entry used); unset: the peer address"),
     s("HANDSHAKE_RATE_PER_IP", "300", "new Socket.IO connections per client IP per minute (0 = no limit)"),
     s("RESERVE_RATE_PER_IP", "30", "sessions created (reservations and creators' joins) per client IP per minute (0 = no limit)"),
+    s("AUTH_FAILURES_PER_IP_PER_MIN", "10", "wrong session keys and room passwords per client IP per minute; past it that IP's joins wait (0 = no limit)"),
+    s("AUTH_FAILURES_PER_SESSION_PER_MIN", "30", "wrong session keys and room passwords one session takes per minute, from any IP; past it its joins wait (0 = no limit)"),
     s("MAX_SESSIONS_PER_IP", "100", "live sessions created per client IP, by reservation or creator's join (0 = no limit)"),
     s("SEND_RATE_PER_SOCKET", "30", "send-message per second per socket, sustained (0 = no limit)"),
     s("SEND_BURST_PER_SOCKET", "300", "send-message a socket may send at once"),

@@ -14,7 +14,7 @@ pub use error::{EventError, JoinError, ReserveError, Unavailable};
 pub use ids::{ChatMode, ConnId, SessionId, UserId};
 pub use message::{Message, MessageView, PublicKeyEntry};
 pub use raw::{RawJson, WrappedKeys};
-pub use secret::SecretDigest;
+pub use secret::{PasswordDigest, SecretDigest};
 
 /// Milliseconds since the Unix epoch, the unit of every wire timestamp.
 pub fn epoch_ms() -> u64 {

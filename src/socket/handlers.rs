@@ -74,10 +74,28 @@ impl<A: Adapter> Worker<A> {
         Ok(())
     }
 
-    /// The store's part of a join. A creator's join of an unknown id creates
-    /// the session only when its client's address may create one more
-    /// (`RESERVE_RATE_PER_IP`, `MAX_SESSIONS_PER_IP`, as reservations).
-    async fn admit(&mut self, req: JoinRequest) -> Result<Joined, JoinError> {
+    /// The store's part of a join, within the address's budget of wrong
+    /// keys and passwords (`AUTH_FAILURES_PER_IP_PER_MIN`). A creator's join
+    /// of an unknown id creates the session only when its client's address
+    /// may create one more (`RESERVE_RATE_PER_IP`, `MAX_SESSIONS_PER_IP`, as
+    /// reservations).
+    async fn admit(&self, req: JoinRequest) -> Result<Joined, JoinError> {
+        let failures = self.app.creations.failures.clone();
+        if let Some(wait) = self.ip.and_then(|ip| failures.wait(ip)) {
+            metrics::rate_limited("ip", "auth");
+            return Err(JoinError::RateLimited(wait));
+        }
+        let joined = self.admit_checked(req).await;
+        if let (Some(ip), Err(JoinError::CreatorKeyMismatch | JoinError::InvalidKey | JoinError::InvalidPassword)) =
+            (self.ip, &joined)
+        {
+            failures.failed(ip);
+        }
+        joined
+    }
+
+    /// [`Self::admit`] once the address may try.
+    async fn admit_checked(&self, req: JoinRequest) -> Result<Joined, JoinError> {
         let store = &self.app.store;
         if !req.is_creator {
             return store.join(req, &self.conn, epoch_ms()).await;

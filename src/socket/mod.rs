@@ -31,7 +31,7 @@ use crate::config::{Config, OriginalContent};
 use crate::domain::ConnId;
 use crate::http::serve::ClientIp;
 use crate::limits::{IpCounter, IpLimiter, Rate};
-use crate::quota::SessionQuota;
+use crate::quota::{FailureBudget, SessionQuota};
 use crate::store::redis::driver::ManagedDriver;
 use crate::store::Store;
 use queue::{Command, Dispatch, QUEUE_CAPACITY};
@@ -79,11 +79,13 @@ pub struct App {
 }
 
 /// The per-address limits of session creation (`RESERVE_RATE_PER_IP`,
-/// `MAX_SESSIONS_PER_IP`), shared with the reservation endpoint.
+/// `MAX_SESSIONS_PER_IP`), shared with the reservation endpoint, and of
+/// wrong keys and passwords (`AUTH_FAILURES_PER_IP_PER_MIN`).
 #[derive(Clone)]
 pub struct Creations {
     pub rate: Arc<IpLimiter>,
     pub quota: Arc<SessionQuota>,
+    pub failures: Arc<FailureBudget>,
 }
 
 /// Per-socket rates of the events that are rate limited.

@@ -13,6 +13,7 @@
 //! details (Redis's departure ids and retries) stay inside the backend.
 
 pub mod memory;
+pub mod password;
 pub mod redis;
 pub mod types;
 
@@ -80,7 +81,14 @@ impl Store {
 
     /// `POST /api/reserve-session`.
     pub async fn reserve(&self, id: SessionId, auth_key: &str, mode: ChatMode) -> Result<(), ReserveError> {
-        on_backend!(self, reserve(id, auth_key, mode))
+        let password = match mode {
+            ChatMode::Password => {
+                let (key, cost) = (auth_key.to_owned(), self.limits().password_kdf);
+                password::derive(move || password::new_password(mode, &key, cost)).await
+            }
+            ChatMode::Group | ChatMode::Private => None,
+        };
+        on_backend!(self, reserve(id, auth_key, mode, password))
     }
 
     /// `join-session` for socket `conn` (docs/PROTOCOL.md section 5, steps 2–10):
@@ -88,7 +96,33 @@ impl Store {
     /// admits or rebinds the member, stores its key, and returns what the
     /// joiner and the room must be sent.
     pub async fn join(&self, req: JoinRequest, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
-        on_backend!(self, join(req, conn, now_ms))
+        let auth = self.join_auth(&req).await?;
+        on_backend!(self, join(req, &auth, conn, now_ms))
+    }
+
+    /// Derives what the join's password checks need: the offered password
+    /// with the room's salt, and the password of a room this join creates.
+    async fn join_auth(&self, req: &JoinRequest) -> Result<JoinAuth, Unavailable> {
+        let offers = !req.is_creator && req.offered_password.is_some();
+        let creates = req.is_creator && req.may_create && req.mode == ChatMode::Password;
+        if !offers && !creates {
+            return Ok(JoinAuth::default());
+        }
+        let salt = match (offers, self) {
+            (false, _) => None,
+            (true, Self::Memory(m)) => m.password_salt(&req.session),
+            (true, Self::Redis(r)) => r.password_salt(&req.session).await?,
+        };
+        let (req, cost) = (req.clone(), self.limits().password_kdf);
+        Ok(password::derive(move || password::join_auth(&req, salt, cost)).await)
+    }
+
+    /// The bounds this store enforces.
+    pub fn limits(&self) -> &Limits {
+        match self {
+            Self::Memory(m) => m.limits(),
+            Self::Redis(r) => r.limits(),
+        }
     }
 
     /// The next page of a joiner's history (see [`Joined::more_history`]);

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::domain::rules;
-use crate::domain::{ChatMode, ConnId, Message, PublicKeyEntry, RawJson, SessionId, UserId};
+use crate::domain::secret::KdfCost;
+use crate::domain::{ChatMode, ConnId, Message, PasswordDigest, PublicKeyEntry, RawJson, SessionId, UserId};
 
 /// History bytes (by [`Message::weight`]) of one `messages-history` event: a
 /// joiner gets its history page by page, each sent once the one before has
@@ -27,6 +28,12 @@ pub struct Limits {
     pub max_total_history_bytes: usize,
     pub idle_timeout: Duration,
     pub member_timeout: Duration,
+    /// What deriving a room password's digest costs (Argon2id):
+    /// [`KdfCost::STANDARD`] but in tests.
+    pub password_kdf: KdfCost,
+    /// `AUTH_FAILURES_PER_SESSION_PER_MIN`: wrong keys and passwords one
+    /// session takes per minute; past it, joins wait (0 = no limit).
+    pub auth_failures_per_session_per_min: u32,
     /// Most history bytes (by [`Message::weight`]) one page holds: a join
     /// answers the first page, [`Store::history_page`](super::Store::history_page)
     /// the others, one `messages-history` event each. A larger message
@@ -52,6 +59,22 @@ pub struct JoinRequest {
     /// otherwise it is refused `SESSION_NOT_FOUND` like anyone's.
     pub may_create: bool,
 }
+
+/// What a join's checks need that is slow to derive, derived by
+/// [`Store::join`](super::Store::join) before the backend's atomic step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JoinAuth {
+    /// The offered password, derived with the room's salt (when it has one).
+    pub offered_password: Option<PasswordDigest>,
+    /// The password of a password room this join may create.
+    pub new_password: Option<PasswordDigest>,
+}
+
+/// Wrong keys and passwords a session took in the current minute: past the
+/// limit, joins wait (`RATE_LIMITED`) without being checked, so guessing is
+/// slowed whatever addresses it comes from. Counted the same way in both
+/// stores (fixed one-minute windows of the caller's clock).
+pub const AUTH_FAILURE_WINDOW_MS: u64 = 60_000;
 
 /// How a successful join relates to what was there.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,13 +20,13 @@ use tokio::time::Instant;
 
 use super::types::CursorAt;
 use super::{
-    Departures, Expired, HistoryCursor, HistoryPage, JoinKind, JoinRequest, Joined, Left, Limits, NewMessage,
-    Route, Sent, SessionSummary, StoreStats,
+    Departures, Expired, HistoryCursor, HistoryPage, JoinAuth, JoinKind, JoinRequest, Joined, Left, Limits,
+    NewMessage, Route, Sent, SessionSummary, StoreStats,
 };
 use crate::domain::rules;
 use crate::domain::{
-    ChatMode, ConnId, EventError, JoinError, PublicKeyEntry, RawJson, ReserveError, SessionId, UserId,
-    WrappedKeys,
+    ChatMode, ConnId, EventError, JoinError, PasswordDigest, PublicKeyEntry, RawJson, ReserveError, SessionId,
+    UserId, WrappedKeys,
 };
 use session::{lock, read, write, Member, Session};
 
@@ -114,7 +114,13 @@ impl MemoryStore {
     }
 
     /// `POST /api/reserve-session`: the session exists from now on, reserved.
-    pub fn reserve(&self, id: SessionId, auth_key: &str, mode: ChatMode) -> Result<(), ReserveError> {
+    pub fn reserve(
+        &self,
+        id: SessionId,
+        auth_key: &str,
+        mode: ChatMode,
+        password: Option<PasswordDigest>,
+    ) -> Result<(), ReserveError> {
         let mut sessions = write(&self.shared.sessions);
         if sessions.contains_key(&id) {
             return Err(ReserveError::Exists);
@@ -122,20 +128,20 @@ impl MemoryStore {
         if sessions.len() >= self.shared.limits.max_sessions {
             return Err(ReserveError::Limit);
         }
-        let session = self.new_session(id.clone(), mode, auth_key);
+        let session = self.new_session(id.clone(), mode, auth_key, password);
         sessions.insert(id, Arc::new(Mutex::new(session)));
         Ok(())
     }
 
     /// `join-session`, docs/PROTOCOL.md section 5 steps 2–10, for socket `conn`.
-    pub fn join(&self, req: JoinRequest, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
+    pub fn join(&self, req: JoinRequest, auth: &JoinAuth, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
         let (session, created) = match self.get(&req.session) {
             Some(session) => (session, false),
             None if !(req.is_creator && req.may_create) => return Err(JoinError::SessionNotFound),
-            None => self.create_for_creator(&req)?,
+            None => self.create_for_creator(&req, auth)?,
         };
         let mut s = lock(&session);
-        s.admit(&req)?;
+        s.admit(&req, auth, &self.shared.limits, now_ms)?;
         if req.is_creator && s.creator.as_ref().is_none_or(|c| *c == req.user) {
             s.reserved = false;
             s.creator = Some(req.user.clone());
@@ -220,6 +226,26 @@ impl MemoryStore {
             messages,
             next: next.map(|seq| HistoryCursor(CursorAt::Seq(seq))),
         }
+    }
+
+    /// The bounds this store enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// What `req`'s password checks need, derived here (slow: for tests and
+    /// fuzzing, which call this backend directly; the server goes through
+    /// [`Store::join`](crate::store::Store::join)).
+    pub fn auth_for(&self, req: &JoinRequest) -> JoinAuth {
+        let salt = self.password_salt(&req.session);
+        crate::store::password::join_auth(req, salt, self.shared.limits.password_kdf)
+    }
+
+    /// The salt of the session's room password, when it has one.
+    pub fn password_salt(&self, session: &SessionId) -> Option<crate::domain::secret::Salt> {
+        let session = self.get(session)?;
+        let s = lock(&session);
+        s.password.as_ref().map(PasswordDigest::salt)
     }
 
     /// Which of `ids` are live sessions.
@@ -481,13 +507,13 @@ impl MemoryStore {
     }
 
     /// A new session, reserved until its creator joins.
-    fn new_session(&self, id: SessionId, mode: ChatMode, auth_key: &str) -> Session {
+    fn new_session(&self, id: SessionId, mode: ChatMode, auth_key: &str, password: Option<PasswordDigest>) -> Session {
         let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
-        Session::new(id, seq, mode, auth_key)
+        Session::new(id, seq, mode, auth_key, password)
     }
 
     /// A creator's join of an unknown id creates the session with the offered key.
-    fn create_for_creator(&self, req: &JoinRequest) -> Result<(Arc<Mutex<Session>>, bool), JoinError> {
+    fn create_for_creator(&self, req: &JoinRequest, auth: &JoinAuth) -> Result<(Arc<Mutex<Session>>, bool), JoinError> {
         let Some(key) = req.offered_key.as_deref().filter(|k| !k.is_empty()) else {
             return Err(JoinError::InvalidKey);
         };
@@ -499,7 +525,7 @@ impl MemoryStore {
         if sessions.len() >= self.shared.limits.max_sessions {
             return Err(JoinError::SessionLimit);
         }
-        let session = Arc::new(Mutex::new(self.new_session(req.session.clone(), req.mode, key)));
+        let session = Arc::new(Mutex::new(self.new_session(req.session.clone(), req.mode, key, auth.new_password)));
         sessions.insert(req.session.clone(), session.clone());
         Ok((session, true))
     }

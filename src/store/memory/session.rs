@@ -10,9 +10,11 @@ use tokio::time::Instant;
 
 use crate::domain::rules;
 use crate::domain::{
-    ChatMode, ConnId, JoinError, Message, PublicKeyEntry, SecretDigest, SessionId, UserId, WrappedKeys,
+    ChatMode, ConnId, JoinError, Message, PasswordDigest, PublicKeyEntry, SecretDigest, SessionId, UserId,
+    WrappedKeys,
 };
-use crate::store::{JoinRequest, Limits};
+use crate::store::types::AUTH_FAILURE_WINDOW_MS;
+use crate::store::{JoinAuth, JoinRequest, Limits};
 
 pub(super) struct Session {
     pub(super) id: SessionId,
@@ -20,8 +22,12 @@ pub(super) struct Session {
     pub(super) mode: ChatMode,
     /// Digest of the whole `authKey`.
     pub(super) key: SecretDigest,
-    /// In `password` mode, digest of the part after the first `:`.
-    pub(super) password: Option<SecretDigest>,
+    /// In `password` mode, the Argon2id digest of the part after the first `:`.
+    pub(super) password: Option<PasswordDigest>,
+    /// Wrong keys and passwords in the window that started at
+    /// `auth_window_ms` (see [`AUTH_FAILURE_WINDOW_MS`]).
+    pub(super) auth_failures: u32,
+    pub(super) auth_window_ms: u64,
     pub(super) reserved: bool,
     pub(super) creator: Option<UserId>,
     pub(super) members: HashMap<UserId, Member>,
@@ -48,13 +54,21 @@ pub(super) struct Member {
 
 impl Session {
     /// A new session, reserved until its creator joins.
-    pub(super) fn new(id: SessionId, seq: u64, mode: ChatMode, auth_key: &str) -> Self {
+    pub(super) fn new(
+        id: SessionId,
+        seq: u64,
+        mode: ChatMode,
+        auth_key: &str,
+        password: Option<PasswordDigest>,
+    ) -> Self {
         Self {
             id,
             seq,
             mode,
             key: SecretDigest::of(auth_key),
-            password: rules::room_password(mode, auth_key).map(SecretDigest::of),
+            password: password.filter(|_| rules::room_password(mode, auth_key).is_some()),
+            auth_failures: 0,
+            auth_window_ms: 0,
             reserved: true,
             creator: None,
             members: HashMap::new(),
@@ -68,8 +82,34 @@ impl Session {
         }
     }
 
-    /// The key and password checks of a join (steps 3–4).
-    pub(super) fn admit(&self, req: &JoinRequest) -> Result<(), JoinError> {
+    /// The key and password checks of a join (steps 3–4), within the
+    /// session's budget of wrong ones.
+    pub(super) fn admit(
+        &mut self,
+        req: &JoinRequest,
+        auth: &JoinAuth,
+        limits: &Limits,
+        now_ms: u64,
+    ) -> Result<(), JoinError> {
+        let max = limits.auth_failures_per_session_per_min;
+        if now_ms.saturating_sub(self.auth_window_ms) >= AUTH_FAILURE_WINDOW_MS {
+            (self.auth_failures, self.auth_window_ms) = (0, now_ms);
+        }
+        if max != 0 && self.auth_failures >= max {
+            let wait = (self.auth_window_ms + AUTH_FAILURE_WINDOW_MS).saturating_sub(now_ms);
+            return Err(JoinError::RateLimited(std::time::Duration::from_millis(wait.max(1))));
+        }
+        let checked = self.check(req, auth);
+        if matches!(
+            checked,
+            Err(JoinError::CreatorKeyMismatch | JoinError::InvalidKey | JoinError::InvalidPassword)
+        ) {
+            self.auth_failures += 1;
+        }
+        checked
+    }
+
+    fn check(&self, req: &JoinRequest, auth: &JoinAuth) -> Result<(), JoinError> {
         if req.is_creator {
             let offered = req.offered_key.as_deref().unwrap_or_default();
             return if self.key.matches(offered) {
@@ -78,7 +118,7 @@ impl Session {
                 Err(JoinError::CreatorKeyMismatch)
             };
         }
-        match (&self.password, req.offered_password.as_deref()) {
+        match (&self.password, &auth.offered_password) {
             (Some(password), Some(offered)) => {
                 if !password.matches(offered) {
                     return Err(JoinError::InvalidPassword);

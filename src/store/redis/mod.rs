@@ -278,6 +278,11 @@ impl RedisStore {
         &self.inner.node
     }
 
+    /// The bounds this store enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
     /// How often heartbeats are written and dead nodes looked for.
     pub fn heartbeat_interval(&self) -> Duration {
         self.inner.node_timeout / 3

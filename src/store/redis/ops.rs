@@ -13,10 +13,12 @@ use crate::domain::{
     ChatMode, ConnId, EventError, JoinError, Message, PublicKeyEntry, RawJson, ReserveError, SessionId,
     Unavailable, UserId, WrappedKeys,
 };
-use crate::store::types::CursorAt;
+use crate::domain::secret::Salt;
+use crate::domain::PasswordDigest;
+use crate::store::types::{CursorAt, AUTH_FAILURE_WINDOW_MS};
 use crate::store::{
-    HistoryCursor, HistoryPage, JoinKind, JoinRequest, Joined, Left, NewMessage, Route, Sent, SessionSummary,
-    StoreStats,
+    HistoryCursor, HistoryPage, JoinAuth, JoinKind, JoinRequest, Joined, Left, NewMessage, Route, Sent,
+    SessionSummary, StoreStats,
 };
 
 /// How long a departure is retried while Redis is out of reach; one still
@@ -92,12 +94,18 @@ impl RedisStore {
         Ok(rows)
     }
 
-    pub async fn reserve(&self, id: SessionId, auth_key: &str, mode: ChatMode) -> Result<(), ReserveError> {
+    pub async fn reserve(
+        &self,
+        id: SessionId,
+        auth_key: &str,
+        mode: ChatMode,
+        password: Option<PasswordDigest>,
+    ) -> Result<(), ReserveError> {
         let mut inv = self.invocation(&self.inner.scripts.reserve);
         inv.arg(id.as_str())
             .arg(mode.as_str())
             .arg(secret_arg(Some(auth_key)))
-            .arg(secret_arg(rules::room_password(mode, auth_key)))
+            .arg(password.map(|p| p.to_hex()).unwrap_or_default())
             .arg(self.inner.limits.max_sessions);
         match self.run(inv).await?.0.as_str() {
             "ok" => Ok(()),
@@ -106,7 +114,15 @@ impl RedisStore {
         }
     }
 
-    pub async fn join(&self, req: JoinRequest, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
+    /// The salt of the session's room password, when it has one.
+    pub async fn password_salt(&self, session: &SessionId) -> Result<Option<Salt>, Unavailable> {
+        let stored: Option<String> = self
+            .query(redis::cmd("HGET").arg(self.session_key(session.as_str())).arg("pw"))
+            .await?;
+        Ok(stored.as_deref().and_then(PasswordDigest::salt_from_hex))
+    }
+
+    pub async fn join(&self, req: JoinRequest, auth: &JoinAuth, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
         let offered_key = req.offered_key.as_deref().unwrap_or_default();
         let public_key = req
             .public_key
@@ -122,18 +138,24 @@ impl RedisStore {
             .arg(flag(req.is_creator))
             .arg(secret_arg(Some(offered_key)))
             .arg(flag(!offered_key.is_empty()))
-            .arg(secret_arg(req.offered_password.as_deref()))
+            .arg(auth.offered_password.map(|p| p.hash_hex()).unwrap_or_default())
             .arg(req.mode.as_str())
-            .arg(secret_arg(rules::room_password(req.mode, offered_key)))
+            .arg(auth.new_password.map(|p| p.to_hex()).unwrap_or_default())
             .arg(limits.max_sessions)
             .arg(limits.max_group_members)
             .arg(opt_arg(req.display_name.as_deref()))
             .arg(public_key)
             .arg(limits.history_page_bytes)
-            .arg(flag(req.may_create));
+            .arg(flag(req.may_create))
+            .arg(limits.auth_failures_per_session_per_min)
+            .arg(AUTH_FAILURE_WINDOW_MS);
         let (status, mut r) = self.run(inv).await?;
         match status.as_str() {
             "ok" => {}
+            "RATE_LIMITED" => {
+                let wait = r.string().parse().unwrap_or(AUTH_FAILURE_WINDOW_MS);
+                return Err(JoinError::RateLimited(std::time::Duration::from_millis(wait)));
+            }
             "SESSION_FULL" => {
                 let mode = ChatMode::parse(&r.string()).unwrap_or_default();
                 let capacity = r.string().parse().unwrap_or(rules::PAIR_SESSION_SIZE);

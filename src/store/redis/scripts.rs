@@ -14,7 +14,7 @@
 //! | `P:hbytes` | zset | session id → its history bytes (`hb`), for `MAX_TOTAL_HISTORY_BYTES` |
 //! | `P:hbtotal` | string | bytes in the history budget of all sessions: the sum of `P:hbytes` and of every session's `wb` |
 //! | `P:wbtotal` | string | the sum of every session's `wb` (wrapped keys cannot be evicted to make room) |
-//! | `P:s:{id}` | hash | `mode`, `key` and `pw` digests (hex), `reserved`, `creator`, `ks` (key order counter), `hb` (history bytes), `wb` (wrapped keys' bytes), `wk` (wrapped keys of an older version, JSON; read once, never written) |
+//! | `P:s:{id}` | hash | `mode`, `key` digest (SHA-256 hex), `pw` (room password: `<salt hex>:<Argon2id hex>`), `fw`/`fc` (start of the current minute of wrong keys and passwords, and their count), `reserved`, `creator`, `ks` (key order counter), `hb` (history bytes), `wb` (wrapped keys' bytes), `wk` (wrapped keys of an older version, JSON; read once, never written) |
 //! | `P:s:{id}:m` | hash | user id → member `{c: socket id, n: node id, j: joined at, d: display name}` |
 //! | `P:s:{id}:k` | hash | user id → `<order>|<public key entry JSON>` |
 //! | `P:s:{id}:h` | list | history, oldest first (message JSON) |
@@ -183,8 +183,8 @@ local function create(sid, k, mode, key, pw)
 end
 "#;
 
-/// `ARGV[6]` session, `[7]` mode, `[8]` key digest, `[9]` password digest or
-/// `''`, `[10]` MAX_SESSIONS.
+/// `ARGV[6]` session, `[7]` mode, `[8]` key digest, `[9]` password digest
+/// (`<salt hex>:<Argon2id hex>`) or `''`, `[10]` MAX_SESSIONS.
 pub const RESERVE: &str = r#"
 local sid = ARGV[6]
 local k = skeys(sid)
@@ -197,11 +197,14 @@ return { 'ok' }
 
 /// `ARGV[6]` session, `[7]` user, `[8]` socket, `[9]` node, `[10]` creator
 /// join `'1'`/`'0'`, `[11]` offered key digest, `[12]` offered key non-empty
-/// `'1'`/`'0'`, `[13]` offered password digest or `''`, `[14]` mode of a
-/// session the creator creates, `[15]` its password digest or `''`, `[16]`
-/// MAX_SESSIONS, `[17]` MAX_GROUP_MEMBERS, `[18]` display name (optional),
-/// `[19]` public key JSON or `''`, `[20]` the most history bytes of a page,
-/// `[21]` `'1'` when a creator's join may create an unknown session.
+/// `'1'`/`'0'`, `[13]` offered password (Argon2id hex with the room's salt)
+/// or `''`, `[14]` mode of a session the creator creates, `[15]` its
+/// password digest or `''`, `[16]` MAX_SESSIONS, `[17]` MAX_GROUP_MEMBERS,
+/// `[18]` display name (optional), `[19]` public key JSON or `''`, `[20]` the
+/// most history bytes of a page, `[21]` `'1'` when a creator's join may
+/// create an unknown session, `[22]` AUTH_FAILURES_PER_SESSION_PER_MIN (0 =
+/// no limit), `[23]` the length of its window (ms). Past the session's
+/// budget of wrong keys and passwords: `{'RATE_LIMITED', ms to wait}`.
 ///
 /// Answers `{'ok', kind, previous socket, mode, display name, wrapped key
 /// (optional), public keys (flat hash), first page of history, index entry
@@ -220,15 +223,28 @@ if redis.call('EXISTS', k.meta) == 0 then
   create(sid, k, ARGV[14], ARGV[11], ARGV[15])
   created = '1'
 end
-local meta = redis.call('HMGET', k.meta, 'mode', 'key', 'pw', 'reserved', 'creator', 'wk')
+local meta = redis.call('HMGET', k.meta, 'mode', 'key', 'pw', 'reserved', 'creator', 'wk', 'fw', 'fc')
 local mode, key, pw, reserved, creator, wk = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6]
+local fw, fc = tonumber(meta[7] or '0'), tonumber(meta[8] or '0')
+local max_fail, window = tonumber(ARGV[22]), tonumber(ARGV[23])
+if NOW - fw >= window then
+  fw, fc = NOW, 0
+  redis.call('HSET', k.meta, 'fw', fw, 'fc', fc)
+end
+if max_fail > 0 and fc >= max_fail then
+  return { 'RATE_LIMITED', string.format('%d', math.max(fw + window - NOW, 1)) }
+end
+local function refuse(code)
+  redis.call('HINCRBY', k.meta, 'fc', 1)
+  return { code }
+end
 if creator_join then
-  if not ct_eq(key, ARGV[11]) then return { 'CREATOR_KEY_MISMATCH' } end
+  if not ct_eq(key, ARGV[11]) then return refuse('CREATOR_KEY_MISMATCH') end
 else
   if pw ~= '' and ARGV[13] ~= '' then
-    if not ct_eq(pw, ARGV[13]) then return { 'INVALID_PASSWORD' } end
+    if not ct_eq(string.sub(pw, 34), ARGV[13]) then return refuse('INVALID_PASSWORD') end
   elseif not ct_eq(key, ARGV[11]) then
-    return { 'INVALID_KEY' }
+    return refuse('INVALID_KEY')
   end
   if reserved == '1' then return { 'SESSION_NOT_ACTIVE' } end
 end

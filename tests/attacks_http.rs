@@ -36,6 +36,34 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 // ---------------------------------------------------------------------------
 // (a) One address, many HTTP/2 openings
 
+type Closing = tokio::task::JoinHandle<Option<Duration>>;
+
+/// `n` connections from the attacker that send the HTTP/2 opening and then
+/// nothing; each watched until the server closes it (how long it lived).
+async fn h2_openings(addr: std::net::SocketAddr, n: usize) -> Vec<Closing> {
+    let mut watchers = Vec::new();
+    for _ in 0..n {
+        let mut stream = h2_opening(ATTACKER, addr).await;
+        let opened = Instant::now();
+        watchers.push(tokio::spawn(async move {
+            let within = Duration::from_secs(15);
+            closed_within(&mut stream, within).await.then(|| opened.elapsed())
+        }));
+    }
+    watchers
+}
+
+/// How long the watched connections lived: those closed within `at_once`,
+/// and the others.
+async fn closings(watchers: Vec<Closing>, at_once: Duration) -> (Vec<Duration>, Vec<Duration>) {
+    let mut lived = Vec::new();
+    for w in watchers {
+        let closed = w.await.unwrap();
+        lived.push(closed.expect("a preface-only connection was still open after 15 s"));
+    }
+    lived.into_iter().partition(|d| *d < at_once)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_preface_floods_from_one_address_are_capped_and_closed_once_idle() {
     let _serial = serial().await;
@@ -56,15 +84,7 @@ async fn http2_preface_floods_from_one_address_are_capped_and_closed_once_idle()
     let base = server.rss_kib();
 
     let started = Instant::now();
-    let mut watchers = Vec::new();
-    for _ in 0..ATTEMPTS {
-        let mut stream = h2_opening(ATTACKER, addr).await;
-        let opened = Instant::now();
-        watchers.push(tokio::spawn(async move {
-            let within = Duration::from_secs(15);
-            closed_within(&mut stream, within).await.then(|| opened.elapsed())
-        }));
-    }
+    let watchers = h2_openings(addr, ATTEMPTS).await;
     let opened_all = started.elapsed();
     // The cap is full: the attacker's address is refused, the bystander is not.
     sleep(Duration::from_millis(300)).await;
@@ -81,19 +101,7 @@ async fn http2_preface_floods_from_one_address_are_capped_and_closed_once_idle()
         "RSS {full} KiB with the cap full, bound {bound} KiB (base {base})"
     );
 
-    let mut at_once = Vec::new();
-    let mut after_idle = Vec::new();
-    for w in watchers {
-        let closed = w
-            .await
-            .unwrap()
-            .expect("a preface-only connection was still open after 15 s");
-        if closed < Duration::from_secs(1) {
-            at_once.push(closed);
-        } else {
-            after_idle.push(closed);
-        }
-    }
+    let (at_once, after_idle) = closings(watchers, Duration::from_secs(1)).await;
     assert_eq!(
         at_once.len(),
         ATTEMPTS - CAP,
@@ -287,9 +295,20 @@ async fn trickle(
     (answer, took, closed)
 }
 
-/// `n` pong packets joined by the Engine.IO v4 separator: a valid polling body.
-fn pongs(n: usize) -> Vec<u8> {
-    vec!["3"; n].join("\u{1e}").into_bytes()
+/// A polling POST of `body` sent 10 kB every 100 ms; its answer.
+async fn steady_upload(addr: std::net::SocketAddr, sid: String, body: Vec<u8>) -> Result<Answer, String> {
+    let mut stream = connect_from(ATTACKER, addr).await.unwrap();
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: t\r\n\
+         Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for piece in body.chunks(10_000) {
+        stream.write_all(piece).await.unwrap();
+        sleep(Duration::from_millis(100)).await;
+    }
+    read_answer(&mut stream).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,24 +349,7 @@ async fn trickled_polling_bodies_are_cut_at_the_minimum_rate_and_a_steady_upload
         )));
     }
     // A steady 100 kB/s upload of 600 kB: six windows, each well above the minimum.
-    let steady_body: &'static [u8] = Box::leak(pongs(300_000).into_boxed_slice());
-    let steady = tokio::spawn({
-        let sid = steady_session.sid.clone();
-        async move {
-            let len = steady_body.len();
-            let mut stream = connect_from(ATTACKER, addr).await.unwrap();
-            let head = format!(
-                "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: t\r\n\
-                 Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {len}\r\n\r\n"
-            );
-            stream.write_all(head.as_bytes()).await.unwrap();
-            for piece in steady_body.chunks(10_000) {
-                stream.write_all(piece).await.unwrap();
-                sleep(Duration::from_millis(100)).await;
-            }
-            read_answer(&mut stream).await
-        }
-    });
+    let steady = tokio::spawn(steady_upload(addr, steady_session.sid.clone(), pongs(300_000)));
     sleep(Duration::from_millis(500)).await;
     let during = bystander.assert_served().await;
     let mut cut_after = Vec::new();
@@ -380,18 +382,6 @@ async fn trickled_polling_bodies_are_cut_at_the_minimum_rate_and_a_steady_upload
 
 // ---------------------------------------------------------------------------
 // (d) Two polling POSTs of one session at once
-
-/// A polling session connected to the main namespace (its socket exists).
-async fn connected_polling(addr: std::net::SocketAddr) -> Polling {
-    let polling = Polling::open(addr).await;
-    assert_eq!(polling.post(b"40").await.0, 200, "namespace connect over polling");
-    let (status, body) = polling.get().await;
-    assert!(
-        status == 200 && body.contains("40{"),
-        "no connect answer: {status} {body}"
-    );
-    polling
-}
 
 #[tokio::test]
 async fn a_second_polling_post_of_a_session_while_one_is_read_is_refused() {
@@ -430,33 +420,20 @@ async fn a_second_polling_post_of_a_session_while_one_is_read_is_refused() {
 // (f) A bogus upgrade before the real one
 
 #[cfg(feature = "test-hooks")]
-#[tokio::test]
-async fn bogus_upgrade_requests_cannot_keep_the_real_websocket_from_being_cut_off() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
-    let _serial = serial().await;
-    let server = start(|_| {}).await;
-    let addr = server.addr();
-    let bystander = Bystander::open(addr, "calm").await;
-    let polling = connected_polling(addr).await;
-    let ws_path = format!("/socket.io/?EIO=4&transport=websocket&sid={}", polling.sid);
-
-    // No Sec-WebSocket-Key: the engine refuses it; the connection stays open.
+/// Upgrade requests for the session at `ws_path` that never become its
+/// WebSocket; returns the connection of the first, which the engine
+/// refused and which stays open for further requests.
+async fn bogus_upgrades(addr: std::net::SocketAddr, ws_path: &str) -> TcpStream {
+    // No Sec-WebSocket-Key: the engine refuses it.
     let mut keyless = connect_from(ATTACKER, addr).await.unwrap();
-    let refused = request_on(
-        &mut keyless,
-        "GET",
-        &ws_path,
-        &[
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Version", "13"),
-        ],
-        b"",
-    )
-    .await
-    .unwrap();
+    let headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let refused = request_on(&mut keyless, "GET", ws_path, &headers, b"")
+        .await
+        .unwrap();
     assert_eq!(refused.status, 400, "{refused:?}");
     // A key, over HTTP/1.0: the engine answers 101, but HTTP/1.0 cannot be
     // upgraded, so hyper closes the connection after the answer.
@@ -472,8 +449,19 @@ async fn bogus_upgrade_requests_cannot_keep_the_real_websocket_from_being_cut_of
         closed_within(&mut old_http, PROMPT).await,
         "an HTTP/1.0 connection stayed open after a 101"
     );
+    keyless
+}
 
-    // The real upgrade.
+#[cfg(feature = "test-hooks")]
+type RawWebSocket = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+#[cfg(feature = "test-hooks")]
+/// The real upgrade of the session at `ws_path` (`2probe`, `3probe`, `5`),
+/// checked by a join answered over it.
+async fn real_upgrade(addr: std::net::SocketAddr, ws_path: &str) -> RawWebSocket {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
     let tcp = connect_from(ATTACKER, addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{ws_path}"), tcp)
         .await
@@ -484,34 +472,53 @@ async fn bogus_upgrade_requests_cannot_keep_the_real_websocket_from_being_cut_of
     ws.send(Message::text("5")).await.unwrap();
     let join = json!(["join-session", join_payload("upgraded", "key", "u", true)]);
     ws.send(Message::text(format!("42{join}"))).await.unwrap();
-    timeout(WAIT, async {
+    let answered = timeout(WAIT, async {
         while let Some(Ok(m)) = ws.next().await {
             if m.to_text()
                 .unwrap_or_default()
                 .starts_with("42[\"messages-history\"")
             {
-                return;
+                return true;
             }
         }
-        panic!("the WebSocket closed before the join was answered");
+        false
     })
-    .await
-    .expect("the session answers on its WebSocket");
+    .await;
+    assert_eq!(answered, Ok(true), "the session does not answer on its WebSocket");
+    ws
+}
+
+#[cfg(feature = "test-hooks")]
+#[tokio::test]
+async fn bogus_upgrade_requests_cannot_keep_the_real_websocket_from_being_cut_off() {
+    use futures_util::StreamExt;
+
+    let _serial = serial().await;
+    let server = start(|_| {}).await;
+    let addr = server.addr();
+    let bystander = Bystander::open(addr, "calm").await;
+    let polling = connected_polling(addr).await;
+    let ws_path = format!("/socket.io/?EIO=4&transport=websocket&sid={}", polling.sid);
+    let mut refused = bogus_upgrades(addr, &ws_path).await;
+    let mut ws = real_upgrade(addr, &ws_path).await;
 
     let cut_at = Instant::now();
     assert!(server.cut_off(&polling.sid), "no socket {}", polling.sid);
-    timeout(PROMPT, async {
+    let closed = timeout(PROMPT, async {
         while let Some(Ok(m)) = ws.next().await {
             if m.is_close() {
                 break;
             }
         }
     })
-    .await
-    .expect("cutting the session off did not close its real WebSocket");
+    .await;
+    assert!(
+        closed.is_ok(),
+        "cutting the session off did not close its real WebSocket"
+    );
     let took = cut_at.elapsed();
     // The refused request's connection was never the session's: it still serves.
-    let health = request_on(&mut keyless, "GET", "/health", &[], b"")
+    let health = request_on(&mut refused, "GET", "/health", &[], b"")
         .await
         .unwrap();
     assert_eq!(health.status, 200, "{health:?}");
@@ -576,154 +583,5 @@ async fn reservations_need_a_json_body_and_a_forwarded_ip_port_counts_as_its_ip(
     assert_eq!(reserve_with(addr, "fwd-v6", &other).await.0, 200);
     assert_eq!(reserve_with(addr, "no-header", &json_utf8).await.0, 200);
     bystander.assert_served().await;
-    stop(server).await;
-}
-
-// ---------------------------------------------------------------------------
-// (h) The outbox: credited as written, on both transports
-
-#[cfg(feature = "test-hooks")]
-const MIB: usize = 1 << 20;
-
-/// `n` messages of about `len` bytes from `sender` to the session's room;
-/// returns their texts.
-#[cfg(feature = "test-hooks")]
-fn send_large(sender: &Ws, session: &str, user: &str, n: usize, len: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let text = format!("{i:03}{}", "x".repeat(len - 3));
-            sender.emit("send-message", message(session, user, None, &text));
-            text
-        })
-        .collect()
-}
-
-#[cfg(feature = "test-hooks")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_outbox_drains_as_the_client_reads_and_stays_high_while_it_does_not() {
-    let _serial = serial().await;
-    const K: usize = 12;
-    let server = start(|c| c.max_sockets_per_ip = 0).await;
-    let addr = server.addr();
-    let bystander = Bystander::open(addr, "calm").await;
-    let sender = Ws::connect(addr).await;
-    join(&sender, "out", "key", "sender", true).await;
-    let reader = Ws::connect(addr).await;
-    join(&reader, "out", "key", "reader", false).await;
-    // A small receive window, so that what it does not read stays on the server.
-    let stopped = Ws::connect_with_small_window(addr, 4096).await;
-    join(&stopped, "out", "key", "stopped", false).await;
-    let outbox = |ws: &Ws| {
-        server
-            .outbox(ws.open["sid"].as_str().unwrap())
-            .expect("the socket's outbox")
-    };
-    let (reading, stalled) = (outbox(&reader), outbox(&stopped));
-    assert_eq!(
-        (reading.pending(), stalled.pending()),
-        (0, 0),
-        "nothing counted as queued yet"
-    );
-
-    stopped.stop_reading();
-    // What the relay is to do for each emit: count it as queued first (its
-    // ciphertext; the packet is a little larger, so credits reach zero).
-    reading.queued(K * MIB);
-    stalled.queued(K * MIB);
-    let texts = send_large(&sender, "out", "sender", K, MIB);
-    for text in &texts {
-        recv_message(&reader, text, WAIT)
-            .await
-            .expect("the reader gets every message");
-    }
-    timeout(Duration::from_secs(2), reading.drained_to(0))
-        .await
-        .unwrap_or_else(|_| panic!("the reader's outbox stayed at {}", reading.pending()));
-    sleep(Duration::from_millis(500)).await;
-    let held = stalled.pending();
-    assert!(
-        held > K * MIB / 2,
-        "a reader that stopped has only {held} of {} bytes pending",
-        K * MIB
-    );
-    // Once it reads again, its outbox drains too.
-    stopped.resume_reading();
-    timeout(Duration::from_secs(5), stalled.drained_to(0))
-        .await
-        .unwrap_or_else(|_| panic!("the resumed reader's outbox stayed at {}", stalled.pending()));
-    bystander.assert_served().await;
-    eprintln!(
-        "websocket outbox: {} MiB queued; a stopped reader held {held} bytes pending",
-        K
-    );
-    stop(server).await;
-}
-
-/// GETs `polling` until its answers hold every one of `texts`; the bytes received.
-#[cfg(feature = "test-hooks")]
-async fn poll_until_all(polling: &Polling, texts: &[String]) -> usize {
-    let mut received = String::new();
-    let deadline = Instant::now() + WAIT;
-    while !texts.iter().all(|t| received.contains(t.as_str())) {
-        assert!(Instant::now() < deadline, "polling did not bring every message");
-        let (status, body) = polling.get().await;
-        assert_eq!(status, 200);
-        received.push_str(&body);
-    }
-    received.len()
-}
-
-/// A polling client joined to `session` (its join's answers taken).
-#[cfg(feature = "test-hooks")]
-async fn polling_member(addr: std::net::SocketAddr, session: &str, user: &str) -> Polling {
-    let polling = connected_polling(addr).await;
-    let join = json!(["join-session", join_payload(session, "key", user, false)]);
-    assert_eq!(polling.post(format!("42{join}").as_bytes()).await.0, 200);
-    poll_until_all(&polling, &["public-keys-updated".to_string()]).await;
-    polling
-}
-
-#[cfg(feature = "test-hooks")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_polling_outbox_drains_as_the_client_polls_and_stays_high_while_it_does_not() {
-    let _serial = serial().await;
-    const K: usize = 4;
-    let server = start(|c| {
-        c.max_sockets_per_ip = 0;
-        c.handshake_rate_per_ip = 0;
-    })
-    .await;
-    let addr = server.addr();
-    let bystander = Bystander::open(addr, "calm").await;
-    let sender = Ws::connect(addr).await;
-    join(&sender, "outp", "key", "sender", true).await;
-    let reader = polling_member(addr, "outp", "reader").await;
-    let idle = polling_member(addr, "outp", "idle").await;
-    let reading = server.outbox(&reader.sid).expect("the reader's outbox");
-    let stalled = server.outbox(&idle.sid).expect("the idle poller's outbox");
-
-    reading.queued(K * MIB);
-    stalled.queued(K * MIB);
-    let texts = send_large(&sender, "outp", "sender", K, MIB);
-    let got = poll_until_all(&reader, &texts).await;
-    timeout(Duration::from_secs(2), reading.drained_to(0))
-        .await
-        .unwrap_or_else(|_| panic!("the poller's outbox stayed at {}", reading.pending()));
-    // A client that does not poll is written nothing.
-    sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        stalled.pending(),
-        K * MIB,
-        "nothing was written to the client that stopped polling"
-    );
-    poll_until_all(&idle, &texts).await;
-    timeout(Duration::from_secs(2), stalled.drained_to(0))
-        .await
-        .unwrap_or_else(|_| panic!("the late poller's outbox stayed at {}", stalled.pending()));
-    bystander.assert_served().await;
-    eprintln!(
-        "polling outbox: {} MiB queued, {got} bytes polled, drained to 0",
-        K
-    );
     stop(server).await;
 }

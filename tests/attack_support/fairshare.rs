@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::attack_support::{join_payload, message, PROMPT, WAIT};
+use crate::attack_support::{join_payload, message, Polling, PROMPT, WAIT};
 
 /// Where every attack comes from.
 pub const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
@@ -371,4 +371,24 @@ impl Bystander {
         }
         worst
     }
+}
+
+// ---------------------------------------------------------------------------
+// Long-polling
+
+/// A polling session connected to the main namespace (its socket exists).
+pub async fn connected_polling(addr: std::net::SocketAddr) -> Polling {
+    let polling = Polling::open(addr).await;
+    assert_eq!(polling.post(b"40").await.0, 200, "namespace connect over polling");
+    let (status, body) = polling.get().await;
+    assert!(
+        status == 200 && body.contains("40{"),
+        "no connect answer: {status} {body}"
+    );
+    polling
+}
+
+/// `n` pong packets joined by the Engine.IO v4 separator: a valid polling body.
+pub fn pongs(n: usize) -> Vec<u8> {
+    vec!["3"; n].join("\u{1e}").into_bytes()
 }

@@ -91,7 +91,8 @@ async fn a_websocket_outbox_drains_as_the_client_reads_and_stays_high_while_it_d
     stop(server).await;
 }
 
-/// GETs `polling` until its answers hold every one of `texts`; the bytes received.
+/// GETs `polling` until its answers hold every one of `texts` (answering
+/// pings); the bytes received.
 async fn poll_until_all(polling: &Polling, texts: &[String]) -> usize {
     let mut received = String::new();
     let deadline = Instant::now() + WAIT;
@@ -99,6 +100,9 @@ async fn poll_until_all(polling: &Polling, texts: &[String]) -> usize {
         assert!(Instant::now() < deadline, "polling did not bring every message");
         let (status, body) = polling.get().await;
         assert_eq!(status, 200);
+        if body.split('\u{1e}').any(|p| p == "2") {
+            assert_eq!(polling.post(b"3").await.0, 200, "pong");
+        }
         received.push_str(&body);
     }
     received.len()

@@ -23,10 +23,12 @@ use tokio::time::{Instant, Sleep};
 use super::conn::InFlight;
 use super::outbox::Outbox;
 
-/// The largest piece of a polling answer handed to hyper at once. hyper
-/// takes a piece only when its write buffer (or, over HTTP/2, the stream's
-/// window) has room, so crediting a piece as it is taken runs at most about
-/// this much ahead of what was written.
+/// The largest piece of a polling answer handed to hyper at once. The
+/// engine hands over a whole answer (up to `MAX_PAYLOAD_BYTES`) in one
+/// piece; cut up, hyper takes the next piece only when its HTTP/1 write
+/// buffer has room (about 400 KiB) or, over HTTP/2, when the stream has
+/// window, so crediting a piece as hyper takes it runs ahead of what was
+/// written by that buffer and one piece, not by the whole answer.
 const CREDIT_CHUNK: usize = 64 * 1024;
 
 /// The minimum rate a request body must keep up.

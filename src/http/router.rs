@@ -19,7 +19,11 @@
 //! - a new session's handshake request carries its new [`CutOff`];
 //! - a polling POST's body must keep up `BODY_MIN_RATE_BYTES_PER_SEC`
 //!   ([`PacedBody`]; 408 and the connection closed otherwise), and a second
-//!   POST of a session while one is being read is refused with 400;
+//!   POST of a session while one is being read is refused with 400. The
+//!   mark of a POST being read lives in the session's [`CutOff`], which a
+//!   request reaches through the session's socket, so it exists from the
+//!   namespace connect on (the first POST carries that connect); before it,
+//!   the minimum rate and the per-address connection cap bound such POSTs;
 //! - a polling GET's answer is credited to the session's outbox as hyper
 //!   takes it ([`Credited`]);
 //! - a WebSocket request the engine answers 101 is recorded as the

@@ -19,9 +19,9 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Unavailable;
+use crate::socket::relay::{cut_off, Relay};
 use crate::store::redis::driver::ManagedDriver;
 use crate::store::{Departures, RedisStore};
-use crate::socket::relay::{cut_off, Relay};
 
 /// Registers this node: members left in Redis by an earlier run under the
 /// same `NODE_ID` are removed (and their departures announced), then the

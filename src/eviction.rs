@@ -8,9 +8,9 @@ use tokio::time::{self, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::IpLimiter;
+use crate::socket::relay::Relay;
 use crate::socket::Creations;
 use crate::store::Store;
-use crate::socket::relay::Relay;
 
 /// Sweeps every `interval` until `stop` is cancelled. Members of a session
 /// evicted while they are still connected are told `SESSION_EXPIRED` and
@@ -45,7 +45,9 @@ pub async fn run<A: Adapter>(
             crate::metrics::evicted("idle", sweep.evicted.saturating_sub(with_members));
             crate::metrics::evicted("expired", with_members);
         }
-        Relay::new(io.clone(), store.is_shared()).announce_expired(sweep.expired).await;
+        Relay::new(io.clone(), store.is_shared())
+            .announce_expired(sweep.expired)
+            .await;
     }
 }
 
@@ -53,9 +55,9 @@ pub async fn run<A: Adapter>(
 mod tests {
     use std::time::Duration;
 
-    use crate::store::{JoinRequest, Limits};
-    use crate::store::MemoryStore as Store;
     use crate::domain::{ChatMode, ConnId, SessionId, UserId};
+    use crate::store::MemoryStore as Store;
+    use crate::store::{JoinRequest, Limits};
 
     fn store() -> Store {
         Store::new(Limits {

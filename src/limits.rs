@@ -1,13 +1,32 @@
 //! Token buckets: per socket (owned by its worker, so their state lives and
-//! dies with the socket) and per client IP (a bounded map, pruned of buckets
-//! that have refilled, so its state never grows without bound).
+//! dies with the socket) and per client address (a bounded map, pruned of
+//! buckets that have refilled, so its state never grows without bound); and
+//! counts per client address (sockets, TCP connections).
+//!
+//! Every per-address structure counts by [`ip_key`]: an IPv6 client usually
+//! holds a whole /64 (SLAAC, privacy addresses), so counting single IPv6
+//! addresses would give one client 2^64 fresh allowances.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Mutex;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// The key every per-address limit counts `ip` by: an IPv4 address as it
+/// is, an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`, what a dual-stack
+/// listener reports for IPv4 clients) as that IPv4 address, and any other
+/// IPv6 address as its /64 (the rest set to zero).
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
 
 /// A rate: `burst` at once, refilled at `per_sec`. A zero rate means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -103,7 +122,7 @@ impl Bucket {
 /// and, if none is full, new IPs share one overflow bucket (fail closed).
 const MAX_TRACKED_IPS: usize = 100_000;
 
-/// Per-IP buckets.
+/// Buckets per client address ([`ip_key`]).
 pub struct IpLimiter {
     rate: Rate,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
@@ -119,11 +138,12 @@ impl IpLimiter {
         }
     }
 
-    /// Takes a token for `ip`, or says how long until one is available.
+    /// Takes a token for `ip`'s address, or says how long until one is available.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
         if self.rate.is_unlimited() {
             return Ok(());
         }
+        let ip = ip_key(ip);
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if !buckets.contains_key(&ip) && buckets.len() >= MAX_TRACKED_IPS {
@@ -155,17 +175,19 @@ impl IpLimiter {
     }
 }
 
-/// Counts sockets per client IP.
+/// Counts things (sockets, TCP connections) per client address
+/// ([`ip_key`]). Its map holds only addresses with something counted, so it
+/// is bounded by what it counts.
 #[derive(Default)]
 pub struct IpCounter {
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl IpCounter {
-    /// Counts one more socket for `ip` unless it already has `max` (0 = no limit).
+    /// Counts one more for `ip`'s address unless it already has `max` (0 = no limit).
     pub fn try_add(&self, ip: IpAddr, max: usize) -> bool {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_insert(0);
+        let count = counts.entry(ip_key(ip)).or_insert(0);
         if max != 0 && *count >= max {
             return false;
         }
@@ -173,7 +195,22 @@ impl IpCounter {
         true
     }
 
+    /// As [`IpCounter::try_add`], as a slot that is given back when dropped.
+    pub fn try_slot(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        self.try_add(ip, max).then(|| AddressSlot {
+            counter: self.clone(),
+            key: ip_key(ip),
+        })
+    }
+
+    /// What `ip`'s address has counted.
+    pub fn count(&self, ip: IpAddr) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(&ip_key(ip)).copied().unwrap_or(0)
+    }
+
     pub fn remove(&self, ip: IpAddr) {
+        let ip = ip_key(ip);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = counts.get_mut(&ip) {
             *count -= 1;
@@ -189,6 +226,26 @@ impl IpCounter {
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .sum()
+    }
+}
+
+/// One thing counted against a client address in an [`IpCounter`]; the
+/// count drops when the slot does, however its owner ends.
+pub struct AddressSlot {
+    counter: Arc<IpCounter>,
+    key: IpAddr,
+}
+
+impl AddressSlot {
+    /// The address ([`ip_key`]) it is counted against.
+    pub fn key(&self) -> IpAddr {
+        self.key
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.counter.remove(self.key);
     }
 }
 
@@ -236,5 +293,51 @@ mod tests {
         c.remove(ip);
         assert_eq!(c.total(), 0);
         assert!(c.try_add(ip, 0), "0 means no limit");
+    }
+
+    #[test]
+    fn ip_keys_are_ipv4_as_is_mapped_ipv4_as_ipv4_and_ipv6_by_its_64() {
+        let key = |s: &str| ip_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::1"), "::");
+        // Not mapped: the IPv4-compatible form is an ordinary IPv6 address.
+        assert_eq!(key("::192.0.2.7"), "::");
+    }
+
+    #[test]
+    fn two_addresses_of_one_ipv6_64_share_every_count() {
+        let a: IpAddr = "2001:db8:0:1::a".parse().unwrap();
+        let b: IpAddr = "2001:db8:0:1:8000::b".parse().unwrap();
+        let other: IpAddr = "2001:db8:0:2::a".parse().unwrap();
+        let counter = Arc::new(IpCounter::default());
+        let slot = counter.try_slot(a, 2).unwrap();
+        assert!(counter.try_add(b, 2));
+        assert!(!counter.try_add(a, 2), "a and b share one count of 2");
+        assert!(counter.try_add(other, 2), "another /64 has its own");
+        drop(slot);
+        assert_eq!(counter.count(b), 1);
+        let limiter = IpLimiter::new(Rate {
+            per_sec: 0.001,
+            burst: 1.0,
+        });
+        assert!(limiter.check(a).is_ok());
+        assert!(limiter.check(b).is_err(), "one bucket for the /64");
+        assert!(limiter.check(other).is_ok());
+    }
+
+    #[test]
+    fn an_address_slot_gives_its_count_back_when_dropped() {
+        let counter = Arc::new(IpCounter::default());
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        let slots: Vec<_> = (0..3).map(|_| counter.try_slot(ip, 3).unwrap()).collect();
+        assert!(counter.try_slot(ip, 3).is_none());
+        assert_eq!(slots[0].key(), ip);
+        drop(slots);
+        assert_eq!(counter.total(), 0);
+        assert!(counter.try_slot(ip, 3).is_some());
     }
 }

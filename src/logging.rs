@@ -3,8 +3,9 @@
 //! object per line. Nothing logs keys, ciphertext or plaintext: handlers log
 //! event names, error codes and a hash tag of the session id only, and
 //! socketioxide is built without its `tracing` feature. socketioxide-redis
-//! logs whole cluster packets (ciphertext, keys) at `trace`: those records
-//! are dropped whatever `RUST_LOG` asks for.
+//! and socketioxide-core's adapter log whole cluster packets (ciphertext,
+//! keys) at `trace`: the `trace` records of the Socket.IO and Engine.IO
+//! crates are dropped whatever `RUST_LOG` asks for.
 
 use std::io::IsTerminal;
 
@@ -14,8 +15,14 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Crates whose `trace` records carry payloads.
-const PAYLOAD_TRACING_CRATES: [&str; 1] = ["socketioxide_redis"];
+/// Crates whose `trace` records carry (or may carry) payloads.
+const PAYLOAD_TRACING_CRATES: [&str; 5] = [
+    "socketioxide",
+    "socketioxide_core",
+    "socketioxide_redis",
+    "engineioxide",
+    "engineioxide_core",
+];
 
 /// Whether a record may be written: nothing at `trace` from a crate that
 /// logs payloads there.
@@ -44,7 +51,9 @@ pub fn init(config: &Config) {
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
     };
-    tracing_subscriber::registry().with(layer.with_filter(filter)).init();
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .init();
 }
 
 #[cfg(test)]
@@ -65,12 +74,32 @@ mod tests {
         }
         static SITE: Site = Site;
         let meta = |target: &'static str, level| {
-            tracing::Metadata::new("e", target, level, None, None, None, FieldSet::new(&[], Identifier(&SITE)), Kind::EVENT)
+            tracing::Metadata::new(
+                "e",
+                target,
+                level,
+                None,
+                None,
+                None,
+                FieldSet::new(&[], Identifier(&SITE)),
+                Kind::EVENT,
+            )
         };
         assert!(!carries_no_payload(&meta("socketioxide_redis", Level::TRACE)));
-        assert!(!carries_no_payload(&meta("socketioxide_redis::drivers", Level::TRACE)));
+        assert!(!carries_no_payload(&meta(
+            "socketioxide_redis::drivers",
+            Level::TRACE
+        )));
         assert!(carries_no_payload(&meta("socketioxide_redis", Level::DEBUG)));
-        assert!(carries_no_payload(&meta("socketioxide_redis_other", Level::TRACE)));
+        assert!(!carries_no_payload(&meta(
+            "socketioxide_core::adapter::request",
+            Level::TRACE
+        )));
+        assert!(!carries_no_payload(&meta("engineioxide", Level::TRACE)));
+        assert!(carries_no_payload(&meta(
+            "socketioxide_redis_other",
+            Level::TRACE
+        )));
         assert!(carries_no_payload(&meta("e2e_chat_server", Level::TRACE)));
     }
 }

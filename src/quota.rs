@@ -59,13 +59,22 @@ impl SessionQuota {
 
     /// A place for one more session created by `ip`, or `None` when it
     /// already holds `max` live ones (asking the store which still live).
-    pub async fn claim(self: &Arc<Self>, ip: IpAddr, store: &Store) -> Result<Option<QuotaClaim>, Unavailable> {
+    pub async fn claim(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        store: &Store,
+    ) -> Result<Option<QuotaClaim>, Unavailable> {
         let doubtful = match self.try_claim(ip) {
             Ok(claim) => return Ok(Some(claim)),
             Err(doubtful) => doubtful,
         };
         let alive = store.sessions_exist(&doubtful).await?;
-        let ended: Vec<&SessionId> = doubtful.iter().zip(alive).filter(|(_, a)| !a).map(|(id, _)| id).collect();
+        let ended: Vec<&SessionId> = doubtful
+            .iter()
+            .zip(alive)
+            .filter(|(_, a)| !a)
+            .map(|(id, _)| id)
+            .collect();
         if let Some(created) = self.map().get_mut(&ip) {
             created.live.retain(|id| !ended.contains(&id));
         }
@@ -95,7 +104,9 @@ impl SessionQuota {
             .flat_map(|(ip, c)| c.live.iter().map(move |id| (*ip, id.clone())))
             .collect();
         let ids: Vec<SessionId> = all.iter().map(|(_, id)| id.clone()).collect();
-        let Ok(alive) = store.sessions_exist(&ids).await else { return };
+        let Ok(alive) = store.sessions_exist(&ids).await else {
+            return;
+        };
         let mut map = self.map();
         for ((ip, id), alive) in all.into_iter().zip(alive) {
             if !alive {
@@ -173,9 +184,15 @@ mod tests {
             store.reserve(id.clone(), "k", ChatMode::Group).await.unwrap();
             claim.created(id);
         }
-        assert!(quota.claim(ip, &store).await.unwrap().is_none(), "a third is refused");
+        assert!(
+            quota.claim(ip, &store).await.unwrap().is_none(),
+            "a third is refused"
+        );
         let other = IpAddr::from([10, 0, 1, 1]);
-        assert!(quota.claim(other, &store).await.unwrap().is_some(), "another address is not");
+        assert!(
+            quota.claim(other, &store).await.unwrap().is_some(),
+            "another address is not"
+        );
         assert_eq!(quota.count(other), 0, "a dropped claim gives its place back");
     }
 
@@ -188,7 +205,10 @@ mod tests {
         // Created and gone (as after eviction): the store does not know it.
         claim.created(SessionId::parse("gone").unwrap());
         assert_eq!(quota.count(ip), 1);
-        assert!(quota.claim(ip, &store).await.unwrap().is_some(), "the ended one is not counted");
+        assert!(
+            quota.claim(ip, &store).await.unwrap().is_some(),
+            "the ended one is not counted"
+        );
         quota.prune(&store).await;
         assert_eq!(quota.count(ip), 0);
     }
@@ -277,7 +297,11 @@ mod failure_tests {
         }
         let wait = budget.wait(ip).expect("spent");
         assert!(wait <= FAILURE_WINDOW && wait > std::time::Duration::from_secs(59));
-        assert_eq!(budget.wait(IpAddr::from([10, 0, 0, 4])), None, "other addresses are not affected");
+        assert_eq!(
+            budget.wait(IpAddr::from([10, 0, 0, 4])),
+            None,
+            "other addresses are not affected"
+        );
         tokio::time::advance(FAILURE_WINDOW).await;
         assert_eq!(budget.wait(ip), None, "a new minute");
         budget.prune();

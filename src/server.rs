@@ -22,17 +22,18 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::cluster;
 use crate::config::{AllowedOrigins, Config};
-use crate::store::{Departures, Limits, Store};
 use crate::eviction;
+use crate::http::body::MinRate;
 use crate::http::cutoff::CutOff;
-use crate::http::serve::{self, RequestRouter, ServeLimits};
+use crate::http::serve::{self, ConnectionCap, RequestRouter, ServeLimits};
 use crate::http::{self, HttpState, Readiness};
 use crate::limits::{IpLimiter, Rate};
+use crate::quota::{FailureBudget, SessionQuota};
+use crate::socket::relay::Relay;
+use crate::socket::{self, App, ClusterAdapter, Creations};
 use crate::store::redis::driver::ManagedDriver;
 use crate::store::redis::{RedisSettings, RedisStore};
-use crate::socket::relay::Relay;
-use crate::quota::{FailureBudget, SessionQuota};
-use crate::socket::{self, App, ClusterAdapter, Creations};
+use crate::store::{Departures, Limits, Store};
 
 /// How long shutdown waits for sockets' departures to be handled.
 const DRAIN_WORKERS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,7 +85,9 @@ impl Server {
         crate::metrics::init();
         let workers = TaskTracker::new();
         let creations = Creations {
-            rate: Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(config.reserve_rate_per_ip))),
+            rate: Arc::new(IpLimiter::new(Rate::per_minute_or_unlimited(
+                config.reserve_rate_per_ip,
+            ))),
             quota: SessionQuota::new(config.max_sessions_per_ip),
             failures: FailureBudget::new(config.auth_failures_per_ip_per_min),
         };
@@ -185,6 +188,7 @@ impl<A: Adapter> Assembly<A> {
         let limits = ServeLimits {
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_connection_timeout,
         };
         let http = tokio::spawn(serve::serve(
             listener,
@@ -271,6 +275,11 @@ fn request_router<A: Adapter>(
         allowed_origins: Arc::new(config.client_origins.clone()),
         trust_proxy: config.trust_proxy.clone(),
         handshakes: handshakes.clone(),
+        connections: ConnectionCap {
+            counter: Arc::default(),
+            max: config.max_connections_per_ip,
+        },
+        body_rate: MinRate::new(config.body_min_rate, config.body_rate_window),
     };
     (router, vec![reservations, handshakes])
 }
@@ -280,11 +289,21 @@ trait SocketLayer: Send + Sync {
     fn announce(&self, departures: Vec<Departures>) -> BoxFuture<'_, ()>;
     fn disconnect_all(&self) -> BoxFuture<'_, ()>;
     fn close(&self) -> BoxFuture<'_, ()>;
+    /// The HTTP side of the socket `sid` on this node.
+    #[cfg(feature = "test-hooks")]
+    fn session(&self, sid: &str) -> Option<CutOff>;
+    /// Cuts the socket `sid` off as the server cuts off a slow consumer.
+    #[cfg(feature = "test-hooks")]
+    fn cut_off(&self, sid: &str) -> bool;
 }
 
 impl<A: Adapter> SocketLayer for SocketIo<A> {
     fn announce(&self, departures: Vec<Departures>) -> BoxFuture<'_, ()> {
-        Box::pin(async move { Relay::new(self.clone(), false).announce_departures(departures).await })
+        Box::pin(async move {
+            Relay::new(self.clone(), false)
+                .announce_departures(departures)
+                .await
+        })
     }
 
     fn disconnect_all(&self) -> BoxFuture<'_, ()> {
@@ -315,6 +334,21 @@ impl<A: Adapter> SocketLayer for SocketIo<A> {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(SocketIo::close(self))
     }
+
+    #[cfg(feature = "test-hooks")]
+    fn session(&self, sid: &str) -> Option<CutOff> {
+        let socket = self.get_socket(sid.parse().ok()?)?;
+        socket.req_parts().extensions.get::<CutOff>().cloned()
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn cut_off(&self, sid: &str) -> bool {
+        let Some(socket) = sid.parse().ok().and_then(|sid| self.get_socket(sid)) else {
+            return false;
+        };
+        crate::socket::relay::cut_off(&socket);
+        true
+    }
 }
 
 /// Pending connections the kernel may queue before `accept`: a join storm
@@ -337,6 +371,19 @@ impl RunningServer {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Test hook: the outbox of the socket `sid` (its Engine.IO sid) on this node.
+    #[cfg(feature = "test-hooks")]
+    pub fn outbox(&self, sid: &str) -> Option<Arc<crate::http::outbox::Outbox>> {
+        self.sockets.session(sid).map(|s| s.outbox().clone())
+    }
+
+    /// Test hook: cuts the socket `sid` off as the server cuts off a slow
+    /// consumer; `false` when there is no such socket on this node.
+    #[cfg(feature = "test-hooks")]
+    pub fn cut_off(&self, sid: &str) -> bool {
+        self.sockets.cut_off(sid)
     }
 
     /// Where `GET /metrics` is served, when it is.

@@ -311,7 +311,9 @@ async fn plaintext_room(mode: OriginalContent) -> (TestServer, Client, Client) {
 
 async fn history_of(server: &TestServer, user: &str) -> Value {
     let client = server.connect(Transport::WebSocket).await;
-    let first = join_ok(&client, join_payload("room:k", user, false)).await.history;
+    let first = join_ok(&client, join_payload("room:k", user, false))
+        .await
+        .history;
     whole_history(&client, first).await
 }
 

@@ -14,10 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use e2e_chat_server::store::{JoinKind, JoinRequest, Joined, Limits, NewMessage, Route, Store};
 use e2e_chat_server::domain::raw::{raw, raw_string};
 use e2e_chat_server::domain::{ChatMode, ConnId, Message, PublicKeyEntry, SessionId, UserId, WrappedKeys};
 use e2e_chat_server::store::redis::{connect, RedisSettings};
+use e2e_chat_server::store::{JoinKind, JoinRequest, Joined, Limits, NewMessage, Route, Store};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -343,7 +343,10 @@ async fn apply(store: &Store, op: &Op, now: u64) -> Value {
         } => {
             let out = NewMessage {
                 to: to.map(|t| USERS.get(t).copied().unwrap_or("all").into()),
-                encrypted: raw(&json!({ "c": format!("ciphertext {now} {}", "x".repeat(now as usize % 700)) }).to_string()),
+                encrypted: raw(
+                    &json!({ "c": format!("ciphertext {now} {}", "x".repeat(now as usize % 700)) })
+                        .to_string(),
+                ),
                 original_content: original.then(|| raw_string("plain")),
                 kind: None,
                 client_message_id: id.map(|i| MESSAGE_IDS[i].into()),
@@ -360,7 +363,13 @@ async fn apply(store: &Store, op: &Op, now: u64) -> Value {
         }
         Op::SaveKey { s, u, c, name: n } => {
             match store
-                .save_public_key(&sid(s), &uid(u), &conn(c), raw_string(&format!("saved-{now}")), name(n))
+                .save_public_key(
+                    &sid(s),
+                    &uid(u),
+                    &conn(c),
+                    raw_string(&format!("saved-{now}")),
+                    name(n),
+                )
                 .await
             {
                 Ok(k) => keys(&k),
@@ -504,42 +513,78 @@ fn history_pages_go_on_from_the_head_when_it_was_trimmed() {
         let prefix = format!("page{}", uuid::Uuid::new_v4().simple());
         let key = |suffix: &str| format!("{prefix}:s:{{s}}{suffix}");
         for i in 0..6 {
-            let () = redis::cmd("RPUSH").arg(key(":h")).arg(format!("m{i}")).query_async(&mut conn).await.unwrap();
-            let () = redis::cmd("RPUSH").arg(key(":hw")).arg(format!("10|m{i}")).query_async(&mut conn).await.unwrap();
+            let () = redis::cmd("RPUSH")
+                .arg(key(":h"))
+                .arg(format!("m{i}"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let () = redis::cmd("RPUSH")
+                .arg(key(":hw"))
+                .arg(format!("10|m{i}"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
         }
-        let () = redis::cmd("HSET").arg(key(":m")).arg("u").arg(r#"{"c":"c1"}"#).query_async(&mut conn).await.unwrap();
+        let () = redis::cmd("HSET")
+            .arg(key(":m"))
+            .arg("u")
+            .arg(r#"{"c":"c1"}"#)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         let script = redis::Script::new(&format!("{PRELUDE}{HISTORY_PAGE}"));
         let mut conn2 = conn.clone();
         let script_prefix = prefix.clone();
-        let mut page = async move |socket: &str, after: &str, max_bytes: u64| -> (String, Vec<String>, String, String) {
-            let answer: (String, Vec<String>, String, String) = script
-                .prepare_invoke()
-                .arg(&script_prefix)
-                .arg(0)
-                .arg(0)
-                .arg(0)
-                .arg(0)
-                .arg("s")
-                .arg("u")
-                .arg(socket)
-                .arg(after)
-                .arg(max_bytes)
-                .invoke_async(&mut conn2)
-                .await
-                .unwrap_or_else(|_| ("NOT_IN_SESSION".into(), Vec::new(), String::new(), String::new()));
-            answer
-        };
+        let mut page =
+            async move |socket: &str, after: &str, max_bytes: u64| -> (String, Vec<String>, String, String) {
+                let answer: (String, Vec<String>, String, String) = script
+                    .prepare_invoke()
+                    .arg(&script_prefix)
+                    .arg(0)
+                    .arg(0)
+                    .arg(0)
+                    .arg(0)
+                    .arg("s")
+                    .arg("u")
+                    .arg(socket)
+                    .arg(after)
+                    .arg(max_bytes)
+                    .invoke_async(&mut conn2)
+                    .await
+                    .unwrap_or_else(|_| ("NOT_IN_SESSION".into(), Vec::new(), String::new(), String::new()));
+                answer
+            };
         let ok = |messages: &[&str], last: &str, more: &str| {
-            ("ok".to_owned(), messages.iter().map(|m| m.to_string()).collect::<Vec<_>>(), last.to_owned(), more.to_owned())
+            (
+                "ok".to_owned(),
+                messages.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+                last.to_owned(),
+                more.to_owned(),
+            )
         };
         assert_eq!(page("c1", "", 25).await, ok(&["m0", "m1"], "10|m1", "1"));
         assert_eq!(page("c1", "10|m1", 25).await, ok(&["m2", "m3"], "10|m3", "1"));
-        assert_eq!(page("c1", "10|m3", 5).await, ok(&["m4"], "10|m4", "1"), "one message at least");
+        assert_eq!(
+            page("c1", "10|m3", 5).await,
+            ok(&["m4"], "10|m4", "1"),
+            "one message at least"
+        );
         assert_eq!(page("c1", "10|m4", 100).await, ok(&["m5"], "10|m5", "0"));
-        assert_eq!(page("c2", "", 100).await.0, "NOT_IN_SESSION", "not the member's socket");
+        assert_eq!(
+            page("c2", "", 100).await.0,
+            "NOT_IN_SESSION",
+            "not the member's socket"
+        );
         // The head is trimmed past m3: the page after m1 starts at what is left.
         for suffix in [":h", ":hw"] {
-            let () = redis::cmd("LTRIM").arg(key(suffix)).arg(4).arg(-1).query_async(&mut conn).await.unwrap();
+            let () = redis::cmd("LTRIM")
+                .arg(key(suffix))
+                .arg(4)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
         }
         assert_eq!(page("c1", "10|m1", 100).await, ok(&["m4", "m5"], "10|m5", "0"));
         assert_eq!(page("c1", "10|m5", 100).await, ok(&[], "", "0"));

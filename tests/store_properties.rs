@@ -12,12 +12,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use e2e_chat_server::store::{JoinKind, JoinRequest, Limits, NewMessage, Route};
-use e2e_chat_server::store::MemoryStore as Store;
 use e2e_chat_server::domain::raw::{raw, raw_string};
 use e2e_chat_server::domain::secret::KdfCost;
-use e2e_chat_server::store::password::new_password;
 use e2e_chat_server::domain::{ChatMode, ConnId, EventError, JoinError, SessionId, UserId, WrappedKeys};
+use e2e_chat_server::store::password::new_password;
+use e2e_chat_server::store::MemoryStore as Store;
+use e2e_chat_server::store::{JoinKind, JoinRequest, Limits, NewMessage, Route};
 use proptest::prelude::*;
 use serde_json::json;
 

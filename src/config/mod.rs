@@ -85,6 +85,18 @@ pub struct Config {
     pub trust_proxy: Option<http::HeaderName>,
     /// `MAX_SOCKETS_PER_IP`: open Socket.IO connections per client IP (0 = no limit).
     pub max_sockets_per_ip: usize,
+    /// `MAX_CONNECTIONS_PER_IP`: open TCP connections per client address (an
+    /// IPv6 one by its /64; behind `TRUST_PROXY`, the forwarded one). 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// `IDLE_CONNECTION_TIMEOUT_SECS`: an HTTP connection with no request in
+    /// flight, and none started or ended, for this long is closed.
+    pub idle_connection_timeout: Duration,
+    /// `BODY_MIN_RATE_BYTES_PER_SEC`: what a polling POST body must bring per
+    /// second, counted over each `BODY_RATE_WINDOW_SECS` (0 = no minimum).
+    pub body_min_rate: u64,
+    /// `BODY_RATE_WINDOW_SECS`: the window of `BODY_MIN_RATE_BYTES_PER_SEC`;
+    /// the first one is a body's grace period.
+    pub body_rate_window: Duration,
     /// `HANDSHAKE_RATE_PER_IP`: new Socket.IO connections per client IP per minute (0 = no limit).
     pub handshake_rate_per_ip: u32,
     /// `RESERVE_RATE_PER_IP`: sessions created (reservations and creators'
@@ -224,6 +236,10 @@ impl Config {
                     .map_err(|_| "expected a header name such as x-forwarded-for".into())
             })?,
             max_sockets_per_ip: env.parse("MAX_SOCKETS_PER_IP")?,
+            max_connections_per_ip: env.parse("MAX_CONNECTIONS_PER_IP")?,
+            idle_connection_timeout: env.secs("IDLE_CONNECTION_TIMEOUT_SECS")?,
+            body_min_rate: env.parse("BODY_MIN_RATE_BYTES_PER_SEC")?,
+            body_rate_window: env.secs("BODY_RATE_WINDOW_SECS")?,
             handshake_rate_per_ip: env.parse("HANDSHAKE_RATE_PER_IP")?,
             reserve_rate_per_ip: env.parse("RESERVE_RATE_PER_IP")?,
             max_sessions_per_ip: env.parse("MAX_SESSIONS_PER_IP")?,
@@ -232,9 +248,11 @@ impl Config {
             send_rate_per_socket: env.parse("SEND_RATE_PER_SOCKET")?,
             send_burst_per_socket: env.positive("SEND_BURST_PER_SOCKET")?,
             max_buffered_bytes_per_socket: env.positive("MAX_BUFFERED_BYTES_PER_SOCKET")?,
-            history_replay_bytes_per_min: env.with("HISTORY_REPLAY_BYTES_PER_MIN", |v| match v.parse::<usize>() {
-                Ok(n) if n >= 1 << 20 => Ok(n),
-                _ => Err("expected a whole number of bytes of at least 1048576".into()),
+            history_replay_bytes_per_min: env.with("HISTORY_REPLAY_BYTES_PER_MIN", |v| {
+                match v.parse::<usize>() {
+                    Ok(n) if n >= 1 << 20 => Ok(n),
+                    _ => Err("expected a whole number of bytes of at least 1048576".into()),
+                }
             })?,
             join_rate_per_min: env.parse("JOIN_RATE_PER_MIN")?,
             typing_rate_per_min: env.parse("TYPING_RATE_PER_MIN")?,
@@ -314,10 +332,17 @@ impl Config {
                 opt(self.trust_proxy.as_ref().map(|h| h.to_string())),
             ),
             ("MAX_SOCKETS_PER_IP", self.max_sockets_per_ip.to_string()),
+            ("MAX_CONNECTIONS_PER_IP", self.max_connections_per_ip.to_string()),
+            ("IDLE_CONNECTION_TIMEOUT_SECS", secs(self.idle_connection_timeout)),
+            ("BODY_MIN_RATE_BYTES_PER_SEC", self.body_min_rate.to_string()),
+            ("BODY_RATE_WINDOW_SECS", secs(self.body_rate_window)),
             ("HANDSHAKE_RATE_PER_IP", self.handshake_rate_per_ip.to_string()),
             ("RESERVE_RATE_PER_IP", self.reserve_rate_per_ip.to_string()),
             ("MAX_SESSIONS_PER_IP", self.max_sessions_per_ip.to_string()),
-            ("AUTH_FAILURES_PER_IP_PER_MIN", self.auth_failures_per_ip_per_min.to_string()),
+            (
+                "AUTH_FAILURES_PER_IP_PER_MIN",
+                self.auth_failures_per_ip_per_min.to_string(),
+            ),
             (
                 "AUTH_FAILURES_PER_SESSION_PER_MIN",
                 self.auth_failures_per_session_per_min.to_string(),
@@ -370,7 +395,10 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 
 /// `REDIS_PREFIX` and `NODE_ID`: names inside Redis keys.
 fn redis_name(v: &str) -> Result<String, String> {
-    let ok = !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(v.to_owned())
     } else {
@@ -406,7 +434,11 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
     }
 
     /// A setting with a default.
-    fn with<T>(&self, name: &'static str, parse: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+    fn with<T>(
+        &self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
         self.optional(name, parse)?.ok_or_else(|| ConfigError {
             name,
             value: String::new(),
@@ -462,6 +494,12 @@ mod tests {
         assert!(!c.debug);
         assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(config(&[("METRICS_ADDR", "off")]).unwrap().metrics_addr, None);
+        assert_eq!(c.max_connections_per_ip, 500);
+        assert_eq!(c.idle_connection_timeout, Duration::from_secs(30));
+        assert_eq!(
+            (c.body_min_rate, c.body_rate_window),
+            (2048, Duration::from_secs(20))
+        );
     }
 
     #[test]
@@ -481,6 +519,10 @@ mod tests {
             ("SEND_RATE_PER_SOCKET", "fast"),
             ("MAX_CONNECTIONS", "0"),
             ("METRICS_ADDR", "9464"),
+            ("MAX_CONNECTIONS_PER_IP", "-1"),
+            ("IDLE_CONNECTION_TIMEOUT_SECS", "0"),
+            ("BODY_MIN_RATE_BYTES_PER_SEC", "fast"),
+            ("BODY_RATE_WINDOW_SECS", "0"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name);

@@ -42,6 +42,10 @@ pub const SETTINGS: &[Setting] = &[
     s("MAX_TOTAL_HISTORY_BYTES", "1073741824", "history bytes of all sessions together; past it the oldest messages of the largest sessions go first"),
     s("MAX_CONNECTIONS", "20000", "open TCP connections at once (more wait in the backlog), and open sockets at once"),
     s("MAX_SOCKETS_PER_IP", "200", "open Socket.IO connections per client IP (0 = no limit)"),
+    s("MAX_CONNECTIONS_PER_IP", "500", "open TCP connections per client IP, an IPv6 one by its /64 (0 = no limit); behind TRUST_PROXY, per forwarded address"),
+    s("IDLE_CONNECTION_TIMEOUT_SECS", "30", "an HTTP connection with no request in flight for this long is closed (WebSockets: the Engine.IO heartbeat)"),
+    s("BODY_MIN_RATE_BYTES_PER_SEC", "2048", "a Socket.IO polling body must bring this much per second, over each BODY_RATE_WINDOW_SECS, or is cut with 408 (0 = no minimum)"),
+    s("BODY_RATE_WINDOW_SECS", "20", "the window BODY_MIN_RATE_BYTES_PER_SEC is measured over; the first is the grace period"),
     s("HEADER_READ_TIMEOUT_SECS", "10", "time a client has to send a request's headers (slowloris)"),
     s("API_REQUEST_TIMEOUT_SECS", "10", "time an HTTP API request may take (408 after)"),
     s("TRUST_PROXY", "", "header carrying the client IP set by a trusted reverse proxy (e.g. x-forwarded-for, last entry used); unset: the peer address"),
@@ -78,10 +82,14 @@ pub fn setting(name: &str) -> &'static Setting {
 /// The settings as `--help` lists them.
 pub fn help_text() -> String {
     let width = SETTINGS.iter().map(|s| s.name.len()).max().unwrap_or(0);
-    let mut out = String::from("settings (environment variables, or a .env file in the working directory):\n");
+    let mut out =
+        String::from("settings (environment variables, or a .env file in the working directory):\n");
     for s in SETTINGS {
         let default = if s.default.is_empty() { "unset" } else { s.default };
-        out.push_str(&format!("  {:width$}  {}\n  {:width$}  default: {default}\n", s.name, s.help, ""));
+        out.push_str(&format!(
+            "  {:width$}  {}\n  {:width$}  default: {default}\n",
+            s.name, s.help, ""
+        ));
     }
     out.push_str(&format!(
         "  {:width$}  log filter; overrides DEBUG (e.g. info,e2e_chat_server=debug)\n",

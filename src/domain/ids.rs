@@ -3,8 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use super::secret::SecretDigest;
+use serde::{Deserialize, Serialize};
 
 /// Longest accepted session id; ids are `[A-Za-z0-9_-]{1,64}`.
 pub const MAX_SESSION_ID_LEN: usize = 64;

@@ -146,7 +146,12 @@ impl Serialize for WrappedKeys {
 
 impl fmt::Debug for WrappedKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WrappedKeys({} entries, {} bytes)", self.entries, self.raw.get().len())
+        write!(
+            f,
+            "WrappedKeys({} entries, {} bytes)",
+            self.entries,
+            self.raw.get().len()
+        )
     }
 }
 
@@ -252,7 +257,10 @@ mod tests {
         let deep = |n: usize| raw(&format!("{}1{}", "[".repeat(n), "]".repeat(n)));
         assert!(within_depth(&deep(MAX_DEPTH)));
         assert!(!within_depth(&deep(MAX_DEPTH + 1)));
-        assert!(within_depth(&raw_string(&"[".repeat(1000))), "brackets in a string do not count");
+        assert!(
+            within_depth(&raw_string(&"[".repeat(1000))),
+            "brackets in a string do not count"
+        );
         assert!(within_depth(&raw(r#"{"a":"\"[[[[","b":[]}"#)));
     }
 
@@ -273,7 +281,10 @@ mod tests {
         assert_eq!(keys.for_user("alice").unwrap().get(), r#""K\u0041""#);
         assert!(keys.for_user("carol").is_none());
         assert_eq!(keys.entries().len(), 2);
-        assert_eq!(keys.weight(), keys.raw().get().len() + 2 * WRAPPED_KEY_ENTRY_OVERHEAD);
+        assert_eq!(
+            keys.weight(),
+            keys.raw().get().len() + 2 * WRAPPED_KEY_ENTRY_OVERHEAD
+        );
         for bad in [r#"{"a":1}"#, r#"["a"]"#, r#""a""#, r#"{"a":{"b":"c"}}"#, "null"] {
             assert!(WrappedKeys::parse(raw(bad)).is_err(), "{bad}");
         }

@@ -63,7 +63,9 @@ pub fn require_public_key(key: &RawValue) -> Result<(), EventError> {
     if is_truthy(key) {
         Ok(())
     } else {
-        Err(EventError::InvalidPayload("publicKey must be a non-empty value".into()))
+        Err(EventError::InvalidPayload(
+            "publicKey must be a non-empty value".into(),
+        ))
     }
 }
 

@@ -22,6 +22,8 @@ pub enum ApiError {
     TooManyRequests(std::time::Duration),
     #[error("Request timed out")]
     Timeout,
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
 }
 
 impl ApiError {
@@ -43,6 +45,7 @@ impl ApiError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 }
@@ -52,7 +55,7 @@ impl IntoResponse for ApiError {
         let mut res = (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
         if let Self::TooManyRequests(wait) = self {
             res.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, super::serve::retry_after(wait));
+                .insert(axum::http::header::RETRY_AFTER, super::router::retry_after(wait));
         }
         res
     }

@@ -1,8 +1,18 @@
 //! The HTTP API: `/health`, `/api/reserve-session`, `/sessions`, and JSON
 //! answers for everything else.
+//!
+//! The rest of the HTTP layer: the accept loop and each connection's life
+//! ([`serve`]), the request router in front of the API and socketioxide
+//! ([`router`]), one TCP connection's switch and counts ([`conn`]), one
+//! Socket.IO session's hold on its connections ([`cutoff`]) and its queued
+//! bytes ([`outbox`]), and the bodies the router wraps ([`body`]).
 
-pub mod error;
+pub mod body;
+pub mod conn;
 pub mod cutoff;
+pub mod error;
+pub mod outbox;
+pub mod router;
 pub mod serve;
 
 use std::sync::Arc;
@@ -10,6 +20,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,8 +31,8 @@ use tokio::time::Instant;
 
 use crate::domain::ids::MAX_AUTH_KEY_LEN;
 use crate::domain::{epoch_ms, ChatMode, ReserveError, SessionId};
-use crate::store::Store;
 use crate::limits::IpLimiter;
+use crate::store::Store;
 pub use error::ApiError;
 use serve::ClientIp;
 
@@ -135,9 +146,15 @@ struct ReserveBody {
     chat_mode: Option<Value>,
 }
 
+/// Reserves a session. Only `application/json` bodies are read: a web page
+/// can POST `text/plain` (and form types) to any site without a CORS
+/// preflight, so accepting them would let any page reserve sessions from
+/// its visitors' addresses; a JSON body needs the preflight, which CORS
+/// refuses to origins not in `CLIENT_URL`.
 async fn reserve_session(
     State(state): State<Arc<HttpState>>,
     ip: Option<Extension<ClientIp>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(Extension(ClientIp(ip))) = ip {
@@ -145,6 +162,9 @@ async fn reserve_session(
             crate::metrics::rate_limited("ip", "reserve");
             ApiError::TooManyRequests(wait)
         })?;
+    }
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
     }
     let body = body.map_err(|e| ApiError::from_body_rejection(&e))?;
     let body: ReserveBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -166,7 +186,9 @@ async fn reserve_session(
         .as_str()
         .filter(|k| k.len() <= MAX_AUTH_KEY_LEN)
         .ok_or_else(|| {
-            ApiError::BadRequest(format!("authKey must be a string of at most {MAX_AUTH_KEY_LEN} characters"))
+            ApiError::BadRequest(format!(
+                "authKey must be a string of at most {MAX_AUTH_KEY_LEN} characters"
+            ))
         })?;
     let mode = match body.chat_mode {
         None | Some(Value::Null) => ChatMode::Group,
@@ -192,6 +214,16 @@ async fn reserve_session(
     })))
 }
 
+/// Whether the body is declared `application/json` (parameters such as
+/// `; charset=utf-8` allowed, case ignored).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// A value that is present and not `null`, `""` or `false` (as the original's `!x` test).
 fn non_empty(v: Option<Value>) -> Option<Value> {
     v.filter(|v| !matches!(v, Value::Null | Value::Bool(false)) && v.as_str() != Some(""))
@@ -211,4 +243,33 @@ async fn sessions(State(state): State<Arc<HttpState>>) -> Result<Json<Value>, Ap
 
 async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn only_application_json_with_or_without_parameters_is_json() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            is_json(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("application/json; charset=utf-8"));
+        assert!(with("Application/JSON;charset=UTF-8"));
+        for other in [
+            "text/plain",
+            "text/plain;charset=UTF-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "application/json-patch+json",
+        ] {
+            assert!(!with(other), "{other}");
+        }
+        assert!(!is_json(&HeaderMap::new()), "no Content-Type");
+    }
 }

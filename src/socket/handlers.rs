@@ -15,8 +15,8 @@ use super::relay::{session_room, Target, UserEvent};
 use super::replay;
 use super::validate;
 use super::worker::{Binding, Worker};
-use crate::domain::{epoch_ms, ChatMode, EventError, JoinError, MessageView, WrappedKeys};
 use crate::config::OriginalContent;
+use crate::domain::{epoch_ms, ChatMode, EventError, JoinError, MessageView, WrappedKeys};
 use crate::metrics;
 use crate::store::{HistoryCursor, JoinKind, JoinRequest, Joined, Left, Route};
 
@@ -69,7 +69,8 @@ impl<A: Adapter> Worker<A> {
         self.announce_join(&binding, &room, &joined).await;
         let keys = std::mem::take(&mut joined.public_keys);
         self.send_join_state(&binding, joined);
-        self.deliver(Target::Room(&room), outgoing::PUBLIC_KEYS_UPDATED, &keys).await;
+        self.deliver(Target::Room(&room), outgoing::PUBLIC_KEYS_UPDATED, &keys)
+            .await;
         self.bound = Some(binding);
         Ok(())
     }
@@ -86,8 +87,10 @@ impl<A: Adapter> Worker<A> {
             return Err(JoinError::RateLimited(wait));
         }
         let joined = self.admit_checked(req).await;
-        if let (Some(ip), Err(JoinError::CreatorKeyMismatch | JoinError::InvalidKey | JoinError::InvalidPassword)) =
-            (self.ip, &joined)
+        if let (
+            Some(ip),
+            Err(JoinError::CreatorKeyMismatch | JoinError::InvalidKey | JoinError::InvalidPassword),
+        ) = (self.ip, &joined)
         {
             failures.failed(ip);
         }
@@ -111,13 +114,26 @@ impl<A: Adapter> Worker<A> {
                     metrics::rate_limited("ip", "create");
                     JoinError::RateLimited(wait)
                 })?;
-                Some(creations.quota.claim(ip, store).await?.ok_or(JoinError::AddressSessionLimit)?)
+                Some(
+                    creations
+                        .quota
+                        .claim(ip, store)
+                        .await?
+                        .ok_or(JoinError::AddressSessionLimit)?,
+                )
             }
             None => None,
         };
         let session = req.session.clone();
         let joined = store
-            .join(JoinRequest { may_create: true, ..req }, &self.conn, epoch_ms())
+            .join(
+                JoinRequest {
+                    may_create: true,
+                    ..req
+                },
+                &self.conn,
+                epoch_ms(),
+            )
             .await?;
         if let (true, Some(claim)) = (joined.created, claim) {
             claim.created(session);
@@ -136,7 +152,8 @@ impl<A: Adapter> Worker<A> {
                     display_name: joined.display_name.as_deref(),
                     timestamp: Some(joined.timestamp),
                 };
-                self.deliver(self.others(room), outgoing::USER_JOINED, &notice).await;
+                self.deliver(self.others(room), outgoing::USER_JOINED, &notice)
+                    .await;
             }
             JoinKind::Rejoined { previous } => {
                 tracing::debug!(session = %binding.session.log_tag(), "member rejoined from a new socket");
@@ -153,7 +170,10 @@ impl<A: Adapter> Worker<A> {
         self.stop_replay();
         let budget = self.replay_budget.clone();
         let rest = if budget.available() {
-            let sent = self.to_self(outgoing::MESSAGES_HISTORY, &replay::views(&joined.history, &binding.user));
+            let sent = self.to_self(
+                outgoing::MESSAGES_HISTORY,
+                &replay::views(&joined.history, &binding.user),
+            );
             budget.spend(sent);
             joined.more_history
         } else {
@@ -190,7 +210,14 @@ impl<A: Adapter> Worker<A> {
         let sent = self
             .app
             .store
-            .send_message(&b.session, &b.user, &self.conn, req.message, epoch_ms(), keep_original)
+            .send_message(
+                &b.session,
+                &b.user,
+                &self.conn,
+                req.message,
+                epoch_ms(),
+                keep_original,
+            )
             .await
             .map_err(|e| self.refused(e))?;
         let message = &*sent.message;
@@ -215,7 +242,12 @@ impl<A: Adapter> Worker<A> {
     /// unbound socket gets `[]`.
     pub(super) async fn get_public_keys(&mut self, p: &payloads::SessionUser) -> Result<(), EventError> {
         let keys = match self.binding(p.session_id.as_deref(), p.user_id.as_deref()) {
-            Ok(b) => self.app.store.public_keys_for(&b.session, &b.user, &self.conn).await?,
+            Ok(b) => {
+                self.app
+                    .store
+                    .public_keys_for(&b.session, &b.user, &self.conn)
+                    .await?
+            }
             Err(EventError::NotInSession | EventError::InvalidPayload(_)) => Vec::new(),
             Err(e) => return Err(e),
         };
@@ -250,7 +282,9 @@ impl<A: Adapter> Worker<A> {
             .await
             .map_err(|e| self.refused(e))?;
         let room = session_room(&b.session);
-        let notice = SessionKeyAvailable { encrypted_keys: &keys };
+        let notice = SessionKeyAvailable {
+            encrypted_keys: &keys,
+        };
         self.deliver(Target::Room(&room), outgoing::SESSION_KEY_AVAILABLE, &notice)
             .await;
         Ok(())
@@ -273,7 +307,11 @@ impl<A: Adapter> Worker<A> {
 
     /// `typing` / `stopped-typing` (sent on as `out_event`): dropped
     /// silently from a non-member.
-    pub(super) async fn typing(&mut self, p: payloads::SessionUser, out_event: &'static str) -> Result<(), EventError> {
+    pub(super) async fn typing(
+        &mut self,
+        p: payloads::SessionUser,
+        out_event: &'static str,
+    ) -> Result<(), EventError> {
         let b = match self.binding(p.session_id.as_deref(), p.user_id.as_deref()) {
             Ok(b) => b,
             Err(EventError::NotInSession) => return Ok(()),
@@ -309,7 +347,11 @@ impl<A: Adapter> Worker<A> {
 
     /// The socket is gone: whatever member it holds (or may hold) leaves.
     pub(super) async fn disconnect(&mut self) {
-        if let Some(maybe) = self.maybe_joined.take().filter(|b| Some(b) != self.bound.as_ref()) {
+        if let Some(maybe) = self
+            .maybe_joined
+            .take()
+            .filter(|b| Some(b) != self.bound.as_ref())
+        {
             self.depart(maybe, false).await;
         }
         if let Some(b) = self.bound.take() {
@@ -341,7 +383,8 @@ impl<A: Adapter> Worker<A> {
                 display_name: display_name.as_deref(),
                 timestamp: Some(epoch_ms()),
             };
-            self.deliver(self.others(&room), outgoing::USER_LEFT, &notice).await;
+            self.deliver(self.others(&room), outgoing::USER_LEFT, &notice)
+                .await;
             self.deliver(Target::Room(&room), outgoing::PUBLIC_KEYS_UPDATED, &public_keys)
                 .await;
         }

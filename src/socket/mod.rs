@@ -149,7 +149,11 @@ pub fn builder(config: &Config, app: App) -> SocketIoBuilder {
         // No client of the contract sends binary attachments (files travel
         // as base64 inside the ciphertext); socketioxide would otherwise
         // hold up to 10 MB of them per socket while it waits for the rest.
-        .with_parser(ParserConfig::common().max_incoming_binaries(0).max_incoming_binary_buf_size(0))
+        .with_parser(
+            ParserConfig::common()
+                .max_incoming_binaries(0)
+                .max_incoming_binary_buf_size(0),
+        )
         .with_state(app)
 }
 
@@ -192,7 +196,11 @@ async fn register_handlers<A: Adapter>(
         // event that arrived before it.
         let _ = tx.send(Command::Disconnect).await;
     });
-    let worker = Worker::new(socket, Relay::new(io, app.cluster), app.clone());
+    let worker = Worker::new(
+        socket,
+        Relay::bounded(io, app.cluster, app.max_buffered_bytes),
+        app.clone(),
+    );
     let workers = app.workers.clone();
     workers.spawn(async move {
         worker.run(rx).await;

@@ -8,6 +8,8 @@
 //! in a room of its own (`c:<socket id>`) that the Redis adapter reaches on
 //! every node (docs/PROTOCOL.md, "Facts about the stack", point 5).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
@@ -18,6 +20,7 @@ use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportTy
 use super::events::outgoing;
 use crate::domain::{epoch_ms, ConnId, JoinError, SessionId, UserId};
 use crate::http::cutoff::CutOff;
+use crate::http::outbox::Outbox;
 use crate::metrics;
 use crate::store::{Departures, Expired};
 
@@ -67,6 +70,9 @@ pub struct UserEvent<'a> {
 pub struct Relay<A: Adapter> {
     io: SocketIo<A>,
     cluster: bool,
+    /// Bytes a recipient on this node may have waiting to be written before
+    /// it is cut off as a slow consumer (`MAX_BUFFERED_BYTES_PER_SOCKET`).
+    max_buffered: usize,
 }
 
 // Not derived: the adapter type itself need not be `Clone`.
@@ -75,13 +81,30 @@ impl<A: Adapter> Clone for Relay<A> {
         Self {
             io: self.io.clone(),
             cluster: self.cluster,
+            max_buffered: self.max_buffered,
         }
     }
 }
 
 impl<A: Adapter> Relay<A> {
+    /// A relay that never cuts a recipient off for its buffered bytes (for
+    /// the server's own small announcements); see [`Relay::bounded`].
     pub fn new(io: SocketIo<A>, cluster: bool) -> Self {
-        Self { io, cluster }
+        Self {
+            io,
+            cluster,
+            max_buffered: usize::MAX,
+        }
+    }
+
+    /// A relay that cuts off any recipient on this node with more than
+    /// `max_buffered` bytes waiting to be written.
+    pub fn bounded(io: SocketIo<A>, cluster: bool, max_buffered: usize) -> Self {
+        Self {
+            io,
+            cluster,
+            max_buffered,
+        }
     }
 
     pub fn io(&self) -> &SocketIo<A> {
@@ -100,7 +123,12 @@ impl<A: Adapter> Relay<A> {
     /// broadcast (see [`PER_RECIPIENT_MAX`], [`SHARED_ENCODING_MIN_BYTES`]).
     /// In a cluster every room emit is a broadcast through the adapter
     /// (recipients may be on other nodes).
-    pub async fn deliver<T: Serialize + ?Sized>(&self, target: Target<'_, A>, event: &str, data: &T) -> usize {
+    pub async fn deliver<T: Serialize + ?Sized>(
+        &self,
+        target: Target<'_, A>,
+        event: &str,
+        data: &T,
+    ) -> usize {
         let Some(raw) = encode(event, data) else { return 0 };
         let size = raw.get().len();
         let local = match &target {
@@ -118,7 +146,15 @@ impl<A: Adapter> Relay<A> {
             None => local.into_iter().collect(),
         };
         metrics::bytes_out(size * recipients.len());
-        let shared = self.cluster || size >= SHARED_ENCODING_MIN_BYTES || recipients.len() > PER_RECIPIENT_MAX;
+        // Counted before the emit: a recipient past its bound is cut off
+        // and the emit to it fails harmlessly. Recipients on other nodes
+        // are counted by none (their packet bound still holds).
+        let wire = packet_size(event, size);
+        for socket in &recipients {
+            queued(socket, event, wire, self.max_buffered);
+        }
+        let shared =
+            self.cluster || size >= SHARED_ENCODING_MIN_BYTES || recipients.len() > PER_RECIPIENT_MAX;
         if let Some(operator) = operator.filter(|_| shared) {
             if let Err(e) = broadcast(operator, event, &*raw).await {
                 // The sockets that could not take it are not named; the
@@ -250,17 +286,37 @@ pub fn packet_size(event: &str, data: usize) -> usize {
     data + event.len() + 16
 }
 
-/// Counts `bytes` queued for `socket`; a socket past `max` is not keeping
-/// up and is cut off.
+/// The count of bytes waiting to be written to `socket`'s client (kept by
+/// the HTTP layer, which credits what it writes; see `crate::http::outbox`).
+fn outbox<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<Outbox>> {
+    socket
+        .req_parts()
+        .extensions
+        .get::<CutOff>()
+        .map(|c| c.outbox().clone())
+}
+
+/// Counts `bytes` queued for `socket`; a socket with more than `max` bytes
+/// waiting is not keeping up and is cut off.
 pub fn queued<A: Adapter>(socket: &SocketRef<A>, event: &str, bytes: usize, max: usize) {
-    let _ = (socket, event, bytes, max);
+    let Some(outbox) = outbox(socket) else { return };
+    let pending = outbox.queued(bytes);
+    if pending > max {
+        tracing::warn!(sid = %socket.id, event, pending, "slow consumer: too many bytes waiting to be written, disconnecting");
+        metrics::forced_disconnect("slow_consumer");
+        cut_off(socket);
+    }
 }
 
 /// Waits until `socket` has no more than `level` bytes waiting to be
 /// written; false when that takes longer than `within`.
 pub async fn drained<A: Adapter>(socket: &SocketRef<A>, level: usize, within: std::time::Duration) -> bool {
-    let _ = (socket, level, within);
-    true
+    match outbox(socket) {
+        Some(outbox) => tokio::time::timeout(within, outbox.drained_to(level))
+            .await
+            .is_ok(),
+        None => true,
+    }
 }
 
 /// A recipient whose outgoing buffer is full is not keeping up: it is cut

@@ -129,12 +129,21 @@ async fn run<A: Adapter>(socket: SocketRef<A>, relay: Relay<A>, mut job: ReplayJ
             relay::cut_off(&socket);
             return;
         }
-        let Ok(page) = job.store.history_page(&b.session, &b.user, &job.conn, &job.cursor).await else {
+        let Ok(page) = job
+            .store
+            .history_page(&b.session, &b.user, &job.conn, &job.cursor)
+            .await
+        else {
             // Redis lost: the client joins again once it is back.
             return;
         };
         if !page.messages.is_empty() {
-            let sent = relay.to_socket(&socket, outgoing::MESSAGES_HISTORY, &views(&page.messages, &b.user), job.max_buffered);
+            let sent = relay.to_socket(
+                &socket,
+                outgoing::MESSAGES_HISTORY,
+                &views(&page.messages, &b.user),
+                job.max_buffered,
+            );
             job.budget.spend(sent);
         }
         match page.next {

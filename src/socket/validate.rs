@@ -110,8 +110,14 @@ pub fn send_request(p: SendMessage, policy: OriginalContent) -> Result<SendReque
         .encrypted
         .filter(|v| !raw::is_null(v))
         .ok_or_else(|| invalid("encrypted is required"))?;
-    if !raw::within_depth(&encrypted) || p.original_content.as_deref().is_some_and(|o| !raw::within_depth(o)) {
-        return Err(invalid("encrypted and originalContent may nest at most 128 levels deep"));
+    if !raw::within_depth(&encrypted)
+        || p.original_content
+            .as_deref()
+            .is_some_and(|o| !raw::within_depth(o))
+    {
+        return Err(invalid(
+            "encrypted and originalContent may nest at most 128 levels deep",
+        ));
     }
     if p.kind.as_ref().is_some_and(|t| t.len() > MAX_TYPE_LEN) {
         return Err(invalid("type is too long"));
@@ -145,7 +151,9 @@ pub fn send_request(p: SendMessage, policy: OriginalContent) -> Result<SendReque
 pub fn public_key_request(p: SavePublicKey) -> Result<(RawJson, Option<Arc<str>>), EventError> {
     let key = p.public_key.unwrap_or_else(|| raw::raw("null"));
     if key.get().len() > MAX_PUBLIC_KEY_BYTES || !raw::within_depth(&key) {
-        return Err(EventError::InvalidPayload("publicKey is too large or nested too deeply".into()));
+        return Err(EventError::InvalidPayload(
+            "publicKey is too large or nested too deeply".into(),
+        ));
     }
     Ok((key, display_name(p.display_name)?))
 }
@@ -153,9 +161,8 @@ pub fn public_key_request(p: SavePublicKey) -> Result<(RawJson, Option<Arc<str>>
 /// Validates `set-session-key`'s `encryptedKeys`: user ids to strings, at
 /// most [`MAX_WRAPPED_KEYS_BYTES`].
 pub fn wrapped_keys(encrypted_keys: Option<RawJson>) -> Result<WrappedKeys, EventError> {
-    let keys = encrypted_keys.ok_or_else(|| {
-        EventError::InvalidPayload("encryptedKeys must map user ids to strings".into())
-    })?;
+    let keys = encrypted_keys
+        .ok_or_else(|| EventError::InvalidPayload("encryptedKeys must map user ids to strings".into()))?;
     if keys.get().len() > MAX_WRAPPED_KEYS_BYTES {
         return Err(EventError::InvalidPayload("encryptedKeys is too large".into()));
     }
@@ -177,7 +184,10 @@ pub struct DownloadNotice {
 /// downloaded your file"): the stock client sends its display name, or its
 /// user id when it has none; it is relayed as given (the downloader's user
 /// id when empty), not checked as an id.
-pub fn download_notice(p: FileDownloaded, downloader: &UserId) -> Result<(String, DownloadNotice), EventError> {
+pub fn download_notice(
+    p: FileDownloaded,
+    downloader: &UserId,
+) -> Result<(String, DownloadNotice), EventError> {
     let invalid = |reason: &str| EventError::InvalidPayload(reason.into());
     let sender = p.sender_id.ok_or_else(|| invalid("senderId is required"))?;
     let file_name = p.file_name.unwrap_or_default();

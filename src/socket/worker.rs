@@ -183,7 +183,10 @@ impl<A: Adapter> Worker<A> {
             Command::SetSessionKey(p) => self.set_session_key(*p).await.map_err(Into::into),
             Command::FileDownloaded(p) => self.file_downloaded(*p).await.map_err(Into::into),
             Command::Typing(p) => self.typing(*p, outgoing::USER_TYPING).await.map_err(Into::into),
-            Command::StoppedTyping(p) => self.typing(*p, outgoing::USER_STOPPED_TYPING).await.map_err(Into::into),
+            Command::StoppedTyping(p) => self
+                .typing(*p, outgoing::USER_STOPPED_TYPING)
+                .await
+                .map_err(Into::into),
             Command::Leave(p) => self.leave(&p).await.map_err(Into::into),
             Command::Invalid(event, reason) if event == incoming::JOIN_SESSION => {
                 Err(JoinError::InvalidPayload(*reason).into())
@@ -269,7 +272,11 @@ impl<A: Adapter> Worker<A> {
     fn test_hook(&self, _event: &str) {}
 
     /// Checks that this socket joined the event's session as the claimed user.
-    pub(super) fn binding(&self, session: Option<&str>, claimed: Option<&str>) -> Result<Binding, EventError> {
+    pub(super) fn binding(
+        &self,
+        session: Option<&str>,
+        claimed: Option<&str>,
+    ) -> Result<Binding, EventError> {
         let raw = session.ok_or_else(|| EventError::InvalidPayload("sessionId is required".into()))?;
         let b = self.bound.as_ref().ok_or(EventError::NotInSession)?;
         if crate::domain::ids::SessionRef::split(raw).id != b.session.as_str() {

@@ -19,7 +19,9 @@ pub mod types;
 
 use std::sync::Arc;
 
-use crate::domain::{ChatMode, ConnId, EventError, JoinError, PublicKeyEntry, RawJson, ReserveError, SessionId};
+use crate::domain::{
+    ChatMode, ConnId, EventError, JoinError, PublicKeyEntry, RawJson, ReserveError, SessionId,
+};
 use crate::domain::{Unavailable, UserId, WrappedKeys};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -197,7 +199,10 @@ impl Store {
         now_ms: u64,
         keep_original: bool,
     ) -> Result<Sent, EventError> {
-        on_backend!(self, send_message(session, from, conn, message, now_ms, keep_original))
+        on_backend!(
+            self,
+            send_message(session, from, conn, message, now_ms, keep_original)
+        )
     }
 
     /// `file-downloaded`: the socket of the member `sender`.

@@ -136,7 +136,11 @@ impl NewMessage {
             timestamp: now_ms,
             kind: self.kind.unwrap_or_else(|| rules::DEFAULT_MESSAGE_KIND.into()),
             sender_display_name,
-            original_content: if keep_original { self.original_content } else { None },
+            original_content: if keep_original {
+                self.original_content
+            } else {
+                None
+            },
         }
     }
 }

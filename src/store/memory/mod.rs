@@ -25,8 +25,8 @@ use super::{
 };
 use crate::domain::rules;
 use crate::domain::{
-    ChatMode, ConnId, EventError, JoinError, PasswordDigest, PublicKeyEntry, RawJson, ReserveError, SessionId,
-    UserId, WrappedKeys,
+    ChatMode, ConnId, EventError, JoinError, PasswordDigest, PublicKeyEntry, RawJson, ReserveError,
+    SessionId, UserId, WrappedKeys,
 };
 use session::{lock, read, write, Member, Session};
 
@@ -134,7 +134,13 @@ impl MemoryStore {
     }
 
     /// `join-session`, docs/PROTOCOL.md section 5 steps 2–10, for socket `conn`.
-    pub fn join(&self, req: JoinRequest, auth: &JoinAuth, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
+    pub fn join(
+        &self,
+        req: JoinRequest,
+        auth: &JoinAuth,
+        conn: &ConnId,
+        now_ms: u64,
+    ) -> Result<Joined, JoinError> {
         let (session, created) = match self.get(&req.session) {
             Some(session) => (session, false),
             None if !(req.is_creator && req.may_create) => return Err(JoinError::SessionNotFound),
@@ -163,7 +169,10 @@ impl MemoryStore {
             display_name,
             history,
             more_history: next.map(|seq| HistoryCursor(CursorAt::Seq(seq))),
-            encrypted_session_key: s.wrapped_keys.as_ref().and_then(|k| k.for_user(req.user.as_str())),
+            encrypted_session_key: s
+                .wrapped_keys
+                .as_ref()
+                .and_then(|k| k.for_user(req.user.as_str())),
             created,
             public_keys: s.public_keys.clone(),
             timestamp: now_ms,
@@ -478,7 +487,9 @@ impl MemoryStore {
             self.shared
                 .total_history_bytes
                 .fetch_sub(s.history_bytes + wrapped, Ordering::Relaxed);
-            self.shared.total_wrapped_bytes.fetch_sub(wrapped, Ordering::Relaxed);
+            self.shared
+                .total_wrapped_bytes
+                .fetch_sub(wrapped, Ordering::Relaxed);
             if !s.members.is_empty() {
                 let conns = s.members.values().map(|m| m.conn.clone()).collect();
                 expired.push(Expired {
@@ -507,13 +518,23 @@ impl MemoryStore {
     }
 
     /// A new session, reserved until its creator joins.
-    fn new_session(&self, id: SessionId, mode: ChatMode, auth_key: &str, password: Option<PasswordDigest>) -> Session {
+    fn new_session(
+        &self,
+        id: SessionId,
+        mode: ChatMode,
+        auth_key: &str,
+        password: Option<PasswordDigest>,
+    ) -> Session {
         let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
         Session::new(id, seq, mode, auth_key, password)
     }
 
     /// A creator's join of an unknown id creates the session with the offered key.
-    fn create_for_creator(&self, req: &JoinRequest, auth: &JoinAuth) -> Result<(Arc<Mutex<Session>>, bool), JoinError> {
+    fn create_for_creator(
+        &self,
+        req: &JoinRequest,
+        auth: &JoinAuth,
+    ) -> Result<(Arc<Mutex<Session>>, bool), JoinError> {
         let Some(key) = req.offered_key.as_deref().filter(|k| !k.is_empty()) else {
             return Err(JoinError::InvalidKey);
         };
@@ -525,7 +546,12 @@ impl MemoryStore {
         if sessions.len() >= self.shared.limits.max_sessions {
             return Err(JoinError::SessionLimit);
         }
-        let session = Arc::new(Mutex::new(self.new_session(req.session.clone(), req.mode, key, auth.new_password)));
+        let session = Arc::new(Mutex::new(self.new_session(
+            req.session.clone(),
+            req.mode,
+            key,
+            auth.new_password,
+        )));
         sessions.insert(req.session.clone(), session.clone());
         Ok((session, true))
     }
@@ -550,4 +576,3 @@ impl MemoryStore {
         Ok(result)
     }
 }
-

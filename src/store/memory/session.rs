@@ -51,7 +51,6 @@ pub(super) struct Member {
     pub(super) joined_at: u64,
 }
 
-
 impl Session {
     /// A new session, reserved until its creator joins.
     pub(super) fn new(
@@ -97,7 +96,9 @@ impl Session {
         }
         if max != 0 && self.auth_failures >= max {
             let wait = (self.auth_window_ms + AUTH_FAILURE_WINDOW_MS).saturating_sub(now_ms);
-            return Err(JoinError::RateLimited(std::time::Duration::from_millis(wait.max(1))));
+            return Err(JoinError::RateLimited(std::time::Duration::from_millis(
+                wait.max(1),
+            )));
         }
         let checked = self.check(req, auth);
         if matches!(
@@ -137,7 +138,13 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn store_key(&mut self, user: &UserId, key: Box<RawValue>, display_name: Option<Arc<str>>, joined_at: u64) {
+    pub(super) fn store_key(
+        &mut self,
+        user: &UserId,
+        key: Box<RawValue>,
+        display_name: Option<Arc<str>>,
+        joined_at: u64,
+    ) {
         let entry = PublicKeyEntry {
             user_id: user.clone(),
             public_key: Arc::from(key),
@@ -183,7 +190,12 @@ impl Session {
     /// The page of `viewer`'s history that starts at sequence number `from`
     /// (or at the oldest message held, when that one is gone): messages
     /// up to `max_bytes` of weight (at least one), those `viewer` may see.
-    pub(super) fn page(&self, viewer: &UserId, from: u64, max_bytes: usize) -> (Vec<Arc<Message>>, Option<u64>) {
+    pub(super) fn page(
+        &self,
+        viewer: &UserId,
+        from: u64,
+        max_bytes: usize,
+    ) -> (Vec<Arc<Message>>, Option<u64>) {
         let start = usize::try_from(from.saturating_sub(self.first_seq)).unwrap_or(usize::MAX);
         let mut bytes = 0;
         let mut messages = Vec::new();
@@ -203,7 +215,6 @@ impl Session {
         (messages, next)
     }
 }
-
 
 /// Locks are taken through these, which recover the guard of a lock whose
 /// holder panicked: a bug in one critical section cannot poison the store.

@@ -6,15 +6,17 @@ use std::sync::Arc;
 use redis::{Script, ScriptInvocation};
 use tokio::time::Instant;
 
-use super::codec::{event_refusal, flag, join_refusal, opt_arg, public_keys, raw_opt, secret_arg, text, Reply, StoredMessage};
+use super::codec::{
+    event_refusal, flag, join_refusal, opt_arg, public_keys, raw_opt, secret_arg, text, Reply, StoredMessage,
+};
 use super::{LeaveBy, RedisStore};
 use crate::domain::rules;
+use crate::domain::secret::Salt;
+use crate::domain::PasswordDigest;
 use crate::domain::{
     ChatMode, ConnId, EventError, JoinError, Message, PublicKeyEntry, RawJson, ReserveError, SessionId,
     Unavailable, UserId, WrappedKeys,
 };
-use crate::domain::secret::Salt;
-use crate::domain::PasswordDigest;
 use crate::store::types::{CursorAt, AUTH_FAILURE_WINDOW_MS};
 use crate::store::{
     HistoryCursor, HistoryPage, JoinAuth, JoinKind, JoinRequest, Joined, Left, NewMessage, Route, Sent,
@@ -117,12 +119,22 @@ impl RedisStore {
     /// The salt of the session's room password, when it has one.
     pub async fn password_salt(&self, session: &SessionId) -> Result<Option<Salt>, Unavailable> {
         let stored: Option<String> = self
-            .query(redis::cmd("HGET").arg(self.session_key(session.as_str())).arg("pw"))
+            .query(
+                redis::cmd("HGET")
+                    .arg(self.session_key(session.as_str()))
+                    .arg("pw"),
+            )
             .await?;
         Ok(stored.as_deref().and_then(PasswordDigest::salt_from_hex))
     }
 
-    pub async fn join(&self, req: JoinRequest, auth: &JoinAuth, conn: &ConnId, now_ms: u64) -> Result<Joined, JoinError> {
+    pub async fn join(
+        &self,
+        req: JoinRequest,
+        auth: &JoinAuth,
+        conn: &ConnId,
+        now_ms: u64,
+    ) -> Result<Joined, JoinError> {
         let offered_key = req.offered_key.as_deref().unwrap_or_default();
         let public_key = req
             .public_key
@@ -309,7 +321,8 @@ impl RedisStore {
         let to: Option<Arc<str>> = rules::direct_recipient(message.to.as_deref()).map(Into::into);
         // Serialized once, without the sender's name (the script adds the
         // name it holds): the ciphertext is copied into Redis and nowhere else.
-        let stored = serde_json::to_string(&message.stored()).map_err(|e| EventError::InvalidPayload(e.to_string()))?;
+        let stored = serde_json::to_string(&message.stored())
+            .map_err(|e| EventError::InvalidPayload(e.to_string()))?;
         let limits = &self.inner.limits;
         let mut r = self
             .member_op(&self.inner.scripts.send_message, session, from, conn, |inv| {
@@ -365,7 +378,12 @@ impl RedisStore {
     /// See [`Store::depart`](crate::store::Store::depart): one departure id
     /// for every attempt, so that an attempt applied by Redis whose answer
     /// was lost is answered again, not applied twice or never announced.
-    pub async fn depart(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Result<Option<Left>, Unavailable> {
+    pub async fn depart(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+    ) -> Result<Option<Left>, Unavailable> {
         let deadline = Instant::now() + DEPARTURE_PATIENCE;
         let departure = uuid::Uuid::new_v4().simple().to_string();
         let mut by = LeaveBy::Member;
@@ -384,12 +402,19 @@ impl RedisStore {
 
     /// The leave of a member whose socket closed while Redis was lost, by
     /// the node's reconciliation (never taken by a later retry).
-    pub async fn reconcile_leave(&self, session: &SessionId, user: &UserId, conn: &ConnId) -> Result<Left, EventError> {
-        self.leave_as(session, user, conn, LeaveBy::Reconciliation, "").await
+    pub async fn reconcile_leave(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+    ) -> Result<Left, EventError> {
+        self.leave_as(session, user, conn, LeaveBy::Reconciliation, "")
+            .await
     }
 
     /// A leave; see [`LeaveBy`] and [`scripts::LEAVE`](super::scripts::LEAVE).
-    async fn leave_as(        &self,
+    async fn leave_as(
+        &self,
         session: &SessionId,
         user: &UserId,
         conn: &ConnId,

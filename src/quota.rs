@@ -118,6 +118,11 @@ impl SessionQuota {
         map.retain(|_, c| c.count() > 0);
     }
 
+    /// The most live sessions one address may hold (0: no limit).
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Live sessions counted for `ip`.
     pub fn count(&self, ip: IpAddr) -> usize {
         self.map().get(&ip).map_or(0, Created::count)

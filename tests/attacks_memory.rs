@@ -277,6 +277,8 @@ async fn creator_joins_from_one_address_cannot_take_every_session() {
             codes.iter().any(|c| c == "SESSION_LIMIT"),
             "{backend:?}: {codes:?}"
         );
+        let (status, body) = reserve(server.addr, "attacker-new", "k", "group").await;
+        assert_eq!(status, 429, "{backend:?}: a reservation past the address's quota: {body}");
         assert_eq!(
             reserve_as_bystander(server.addr, "by-new").await,
             200,

@@ -20,6 +20,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("Too many requests, retry later")]
     TooManyRequests(std::time::Duration),
+    /// The caller's address holds `MAX_SESSIONS_PER_IP` live sessions.
+    #[error("This address already holds {0} live sessions; retry when one has ended")]
+    SessionQuota(usize),
     #[error("Request timed out")]
     Timeout,
     #[error("Content-Type must be application/json")]
@@ -43,7 +46,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests(_) | Self::SessionQuota(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }

@@ -157,8 +157,8 @@ async fn reserve_session(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(Extension(ClientIp(ip))) = ip {
-        state.reservations.check(ip).map_err(|wait| {
+    if let Some(Extension(ClientIp(ip))) = &ip {
+        state.reservations.check(*ip).map_err(|wait| {
             crate::metrics::rate_limited("ip", "reserve");
             ApiError::TooManyRequests(wait)
         })?;
@@ -197,14 +197,34 @@ async fn reserve_session(
             .and_then(ChatMode::parse)
             .ok_or_else(|| ApiError::BadRequest("chatMode must be group, private or password".into()))?,
     };
+    let store_error = |e: ReserveError| match e {
+        ReserveError::Exists => ApiError::Conflict(e.to_string()),
+        ReserveError::Limit | ReserveError::StoreUnavailable => ApiError::Unavailable(e.to_string()),
+    };
+    // A place in the caller's MAX_SESSIONS_PER_IP, given back unless the
+    // session is made.
+    let claim = match ip {
+        Some(Extension(ClientIp(ip))) => Some(
+            state
+                .quota
+                .claim(ip, &state.store)
+                .await
+                .map_err(|_| store_error(ReserveError::StoreUnavailable))?
+                .ok_or_else(|| {
+                    crate::metrics::rate_limited("ip", "sessions");
+                    ApiError::SessionQuota(state.quota.max())
+                })?,
+        ),
+        None => None,
+    };
     state
         .store
         .reserve(session_id.clone(), auth_key, mode)
         .await
-        .map_err(|e| match e {
-            ReserveError::Exists => ApiError::Conflict(e.to_string()),
-            ReserveError::Limit | ReserveError::StoreUnavailable => ApiError::Unavailable(e.to_string()),
-        })?;
+        .map_err(store_error)?;
+    if let Some(claim) = claim {
+        claim.created(session_id.clone());
+    }
     tracing::info!(session = %session_id.log_tag(), mode = mode.as_str(), "session reserved");
     Ok(Json(json!({
         "success": true,

@@ -354,7 +354,7 @@ async fn private_and_password_rooms_take_two_and_the_third_gets_session_full() {
 
 #[tokio::test]
 async fn a_member_of_a_full_private_room_can_rejoin_from_a_new_socket() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(quick_heartbeat).await;
     let room = server
         .open_room(
             "duo",
@@ -364,6 +364,8 @@ async fn a_member_of_a_full_private_room_can_rejoin_from_a_new_socket() {
         )
         .await;
     let alice = &room[0];
+    // Bob's old connection died unnoticed: it answers nothing any more.
+    room[1].go_silent();
     let bob_new = server.connect(Transport::Polling).await;
     join_ok(&bob_new, join_payload("duo:k", "bob", false)).await;
     alice.expect_no_event("user-joined", QUIET).await;
@@ -410,7 +412,7 @@ async fn group_room_takes_many_members_up_to_the_configured_bound() {
 #[tokio::test]
 async fn rejoin_from_a_new_socket_keeps_joined_at_and_the_stored_key_and_announces_nothing() {
     for transport in TRANSPORTS {
-        let server = TestServer::start().await;
+        let server = TestServer::start_with(quick_heartbeat).await;
         let alice = server
             .open_session(Transport::WebSocket, "room", "k", "group", "alice")
             .await;
@@ -419,7 +421,9 @@ async fn rejoin_from_a_new_socket_keeps_joined_at_and_the_stored_key_and_announc
         let joined_at = key_record(&first.keys, "bob")["joinedAt"].clone();
         take_join_announcement(&alice, "bob").await;
 
-        // A reload rejoins with publicKey null; the stored key stays.
+        // A reconnect rejoins with publicKey null (the old connection died
+        // unnoticed, so it answers nothing); the stored key stays.
+        bob_old.go_silent();
         let bob_new = server.connect(transport).await;
         let mut payload = join_payload("room:k", "bob", false);
         payload["publicKey"] = Value::Null;

@@ -228,7 +228,7 @@ async fn set_session_key_from_a_non_creator_is_refused_and_leaks_nothing() {
 #[tokio::test]
 async fn set_session_key_in_a_private_room_is_refused_even_from_the_creator() {
     for mode in ["private", "password"] {
-        let server = TestServer::start().await;
+        let server = TestServer::start_with(quick_heartbeat).await;
         let clients = room(&server, mode).await;
         let (alice, bob) = (&clients[0], &clients[1]);
         alice.emit(
@@ -239,7 +239,9 @@ async fn set_session_key_in_a_private_room_is_refused_even_from_the_creator() {
         alice.expect_no_event("session-key-available", QUIET).await;
         bob.expect_silence(Duration::ZERO).await;
 
-        // Bob reloads: still no group key for him.
+        // Bob reconnects (his old connection died unnoticed): still no
+        // group key for him.
+        bob.go_silent();
         let bob_again = server.connect(Transport::WebSocket).await;
         let metadata = join_ok(&bob_again, join_payload("room:k", "bob", false))
             .await
@@ -265,9 +267,11 @@ async fn set_session_key_from_a_non_member_is_refused() {
 
 #[tokio::test]
 async fn rejoining_creator_keeps_the_right_to_set_the_group_key() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(quick_heartbeat).await;
     let clients = room(&server, "group").await;
-    // The creator reloads: a new socket, publicKey null, isCreator true.
+    // The creator reconnects: a new socket, publicKey null, isCreator true;
+    // the old connection died unnoticed.
+    clients[0].go_silent();
     let alice_again = server.connect(Transport::Polling).await;
     let mut payload = join_payload("room:k", "alice", true);
     payload["publicKey"] = Value::Null;

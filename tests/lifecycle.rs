@@ -134,9 +134,11 @@ async fn dropped_websocket_connection_is_a_leave() {
 #[tokio::test]
 async fn old_socket_disconnect_after_a_reconnect_changes_nothing() {
     for transport in TRANSPORTS {
-        let server = TestServer::start().await;
+        let server = TestServer::start_with(quick_heartbeat).await;
         let (alice, bob_old, carol) = trio(&server, transport).await;
 
+        // Bob's connection died unnoticed; he reconnects from a new socket.
+        bob_old.go_silent();
         let bob_new = server.connect(transport).await;
         let mut payload = join_payload("room:k", "bob", false);
         payload["publicKey"] = Value::Null;

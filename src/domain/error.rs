@@ -28,6 +28,8 @@ pub enum JoinError {
     AddressSessionLimit,
     #[error("Too many attempts. Please wait {} s and try again.", .0.as_secs().max(1))]
     RateLimited(std::time::Duration),
+    #[error("This user is already connected to this session from another tab or device.")]
+    MemberConnected(crate::domain::ConnId),
     #[error("This session expired after a long time without activity.")]
     SessionExpired,
     #[error("The session store is unavailable. Please try again in a moment.")]
@@ -46,6 +48,7 @@ impl JoinError {
             Self::SessionFull | Self::GroupFull(_) => "SESSION_FULL",
             Self::SessionLimit | Self::AddressSessionLimit => "SESSION_LIMIT",
             Self::RateLimited(_) => "RATE_LIMITED",
+            Self::MemberConnected(_) => "ALREADY_CONNECTED",
             Self::SessionExpired => "SESSION_EXPIRED",
             Self::StoreUnavailable => STORE_UNAVAILABLE,
         }

@@ -293,7 +293,14 @@ impl AsyncRead for CuttableStream {
         if let Err(e) = self.switch.check(&self.switch.0.reader, cx) {
             return Poll::Ready(Err(e));
         }
-        self.inner().poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = self.inner().poll_read(cx, buf);
+        if buf.filled().len() > before {
+            if let Some(outbox) = self.switch.0.outbox.get() {
+                outbox.heard_from_client();
+            }
+        }
+        read
     }
 }
 

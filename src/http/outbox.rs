@@ -10,14 +10,28 @@
 //! answers as hyper takes them ([`super::body::Credited`]). The difference
 //! is what sits in buffers on the server's side for that session.
 //!
+//! It also keeps when the client was last heard from (bytes read on its
+//! WebSocket, or a polling POST): a live client answers the engine's ping
+//! every `PING_INTERVAL_MS`, so silence for longer means it is gone even
+//! before the engine's heartbeat says so.
+//!
 //! Written bytes include what was never counted as queued (frame and HTTP
 //! headers, pings, the handshake), so the credit saturates at zero: the
 //! count never goes negative and never builds up credit that would hide
 //! later queued bytes.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::LazyLock;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The origin of [`Outbox::last_heard`]'s clock.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn millis_since_epoch(at: Instant) -> u64 {
+    at.saturating_duration_since(*EPOCH).as_millis() as u64
+}
 
 /// Bytes queued for one Socket.IO session and not yet written to its client.
 #[derive(Debug, Default)]
@@ -25,6 +39,8 @@ pub struct Outbox {
     pending: AtomicUsize,
     /// Woken whenever bytes are credited.
     drained: Notify,
+    /// When the client was last heard from, in ms since [`EPOCH`].
+    heard: AtomicU64,
 }
 
 impl Outbox {
@@ -35,6 +51,18 @@ impl Outbox {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| Some(p.saturating_add(n)))
             .unwrap_or_else(|p| p);
         before.saturating_add(n)
+    }
+
+    /// The client sent something (bytes on its WebSocket, a polling POST).
+    pub(crate) fn heard_from_client(&self) {
+        self.heard
+            .fetch_max(millis_since_epoch(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// Whether the client was heard from at `since` or later (to the
+    /// millisecond).
+    pub fn heard_since(&self, since: Instant) -> bool {
+        self.heard.load(Ordering::Relaxed) >= millis_since_epoch(since)
     }
 
     /// Bytes queued and not yet written.
@@ -123,6 +151,22 @@ mod tests {
             .await
             .expect("woken by the credit that reached its level")
             .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heard_since_is_true_only_for_what_came_after() {
+        let outbox = Outbox::default();
+        let asked = Instant::now();
+        assert!(!outbox.heard_since(asked + Duration::from_millis(1)));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert!(
+            !outbox.heard_since(asked + Duration::from_millis(1)),
+            "nothing heard yet"
+        );
+        outbox.heard_from_client();
+        assert!(outbox.heard_since(asked + Duration::from_millis(1)));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert!(!outbox.heard_since(Instant::now()), "heard before, not since");
     }
 
     #[tokio::test(start_paused = true)]

@@ -212,7 +212,10 @@ impl<A: Adapter> RequestRouter<A> {
         }
         let _posting = match (&session, kind.post) {
             (Some(session), true) => match session.start_post() {
-                Some(posting) => Some(posting),
+                Some(posting) => {
+                    session.outbox().heard_from_client();
+                    Some(posting)
+                }
                 None => {
                     tracing::info!(ip = %ip.0, "refused a polling POST: another one of its session is being read");
                     return json_error(

@@ -13,6 +13,7 @@ use super::events::outgoing;
 use super::payloads;
 use super::relay::{session_room, Target, UserEvent};
 use super::replay;
+use super::takeover;
 use super::validate;
 use super::worker::{Binding, Worker};
 use crate::config::OriginalContent;
@@ -52,6 +53,8 @@ impl<A: Adapter> Worker<A> {
                 tracing::info!(session = %binding.session.log_tag(), error = e.code(), "join refused");
                 if e == JoinError::StoreUnavailable && self.bound.as_ref() != Some(&binding) {
                     self.maybe_joined = Some(binding);
+                } else if self.bound.as_ref() != Some(&binding) {
+                    self.leave_foreign_rooms();
                 }
                 return Err(e);
             }
@@ -63,9 +66,20 @@ impl<A: Adapter> Worker<A> {
         if let Some(maybe) = self.maybe_joined.take().filter(|b| *b != binding) {
             self.depart(maybe, true).await;
         }
-        metrics::join_accepted();
         let room = session_room(&binding.session);
         self.socket.join(room.clone());
+        // No ghost listener: had a newer socket taken the seat between the
+        // store's answer and the room join, this one leaves the room again.
+        if let Ok(false) = self
+            .app
+            .store
+            .is_member_socket(&binding.session, &binding.user, &self.conn)
+            .await
+        {
+            self.socket.leave(room);
+            return Err(JoinError::MemberConnected(self.conn.clone()));
+        }
+        metrics::join_accepted();
         self.announce_join(&binding, &room, &joined).await;
         let keys = std::mem::take(&mut joined.public_keys);
         self.send_join_state(&binding, joined);
@@ -86,7 +100,7 @@ impl<A: Adapter> Worker<A> {
             metrics::rate_limited("ip", "auth");
             return Err(JoinError::RateLimited(wait));
         }
-        let joined = self.admit_checked(req).await;
+        let joined = self.admit_seated(req).await;
         if let (
             Some(ip),
             Err(JoinError::CreatorKeyMismatch | JoinError::InvalidKey | JoinError::InvalidPassword),
@@ -95,6 +109,32 @@ impl<A: Adapter> Worker<A> {
             failures.failed(ip);
         }
         joined
+    }
+
+    /// [`Self::admit_checked`], where a member's seat held by another
+    /// socket is taken only once that socket is found gone (see
+    /// [`takeover`]); a live holder keeps it and the join is refused.
+    async fn admit_seated(&self, mut req: JoinRequest) -> Result<Joined, JoinError> {
+        let patience = takeover::Patience {
+            ping_interval: self.app.ping_interval,
+            heartbeat_timeout: self.app.stall_timeout,
+        };
+        // The holder may change between two tries (another join took the
+        // seat meanwhile): a few rounds, then the holder is taken as live.
+        for _ in 0..3 {
+            match self.admit_checked(req.clone()).await {
+                Err(JoinError::MemberConnected(holder)) if req.replacing.as_ref() != Some(&holder) => {
+                    match takeover::check(&self.relay, &self.socket, &holder, &patience).await {
+                        takeover::Holder::Gone => req.replacing = Some(holder),
+                        takeover::Holder::Answering => return Err(JoinError::MemberConnected(holder)),
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err(JoinError::MemberConnected(
+            req.replacing.unwrap_or_else(|| self.conn.clone()),
+        ))
     }
 
     /// [`Self::admit`] once the address may try.

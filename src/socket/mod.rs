@@ -15,6 +15,7 @@ pub mod payloads;
 pub mod queue;
 pub mod relay;
 pub mod replay;
+mod takeover;
 pub mod validate;
 pub mod worker;
 
@@ -73,6 +74,8 @@ pub struct App {
     /// is a slow consumer: the heartbeat's own patience
     /// (`PING_INTERVAL_MS` + `PING_TIMEOUT_MS`).
     pub stall_timeout: std::time::Duration,
+    /// `PING_INTERVAL_MS`: a live client is heard from at least this often.
+    pub ping_interval: std::time::Duration,
     /// See [`Config::test_panic_event`].
     #[cfg(feature = "test-hooks")]
     pub test_panic_event: Option<Arc<str>>,
@@ -119,6 +122,7 @@ impl App {
             max_buffered_bytes: config.max_buffered_bytes_per_socket,
             history_replay_per_min: config.history_replay_bytes_per_min,
             stall_timeout: config.ping_interval + config.ping_timeout,
+            ping_interval: config.ping_interval,
             #[cfg(feature = "test-hooks")]
             test_panic_event: config.test_panic_event.as_deref().map(Into::into),
         }

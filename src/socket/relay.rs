@@ -34,10 +34,20 @@ const SHARED_ENCODING_MIN_BYTES: usize = 64 * 1024;
 /// one shared encoding, which costs far less per recipient.
 const PER_RECIPIENT_MAX: usize = 8;
 
+/// What the name of every session's room starts with.
+pub const SESSION_ROOM_PREFIX: &str = "s:";
+
 /// The room of a session's members.
 pub fn session_room(id: &SessionId) -> String {
-    format!("s:{id}")
+    format!("{SESSION_ROOM_PREFIX}{id}")
 }
+
+/// Pauses before each new try of a cross-node room leave that failed.
+const LEAVE_RETRY_PAUSES: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(500),
+    std::time::Duration::from_secs(2),
+];
 
 /// The room of one socket, in a cluster.
 pub fn conn_room(conn: &ConnId) -> String {
@@ -109,6 +119,29 @@ impl<A: Adapter> Relay<A> {
 
     pub fn io(&self) -> &SocketIo<A> {
         &self.io
+    }
+
+    /// Whether sessions span nodes.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// Whether `conn` is connected to any node (asked of every node in a
+    /// cluster; an unanswered question counts as connected).
+    pub async fn connected_anywhere(&self, conn: &ConnId) -> bool {
+        if self.local_socket(conn).is_some() {
+            return true;
+        }
+        if !self.cluster {
+            return false;
+        }
+        match self.io.to(conn_room(conn)).fetch_sockets().await {
+            Ok(sockets) => !sockets.is_empty(),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not ask the other nodes about a socket");
+                true
+            }
+        }
     }
 
     /// The socket of `conn`, when it is connected to this node.
@@ -203,15 +236,27 @@ impl<A: Adapter> Relay<A> {
         }
     }
 
-    /// Takes a socket, on this node or (in a cluster) any other, out of a room.
+    /// Takes a socket, on this node or (in a cluster) any other, out of a
+    /// room. Across nodes a failed request is tried again a few times: a
+    /// socket left in a room it has no business in would hear the session.
     pub async fn leave_room(&self, conn: &ConnId, room: String) {
         if let Some(socket) = self.local_socket(conn) {
             socket.leave(room);
-        } else if self.cluster {
-            if let Err(e) = self.io.to(conn_room(conn)).leave(room).await {
-                tracing::debug!(error = %e, "taking a remote socket out of a room failed");
+            return;
+        }
+        if !self.cluster {
+            return;
+        }
+        let pauses = std::iter::once(std::time::Duration::ZERO).chain(LEAVE_RETRY_PAUSES);
+        for (attempt, pause) in pauses.enumerate() {
+            tokio::time::sleep(pause).await;
+            match self.io.to(conn_room(conn)).leave(room.clone()).await {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(error = %e, attempt, "taking a remote socket out of a room failed"),
             }
         }
+        tracing::warn!(sid = %conn, "a socket on another node could not be taken out of a session room");
+        metrics::cross_node_emit_failed();
     }
 
     /// Announces members removed at once (at shutdown, or when their node
@@ -294,6 +339,11 @@ fn outbox<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<Outbox>> {
         .extensions
         .get::<CutOff>()
         .map(|c| c.outbox().clone())
+}
+
+/// Whether `socket`'s client was heard from at `since` or later.
+pub fn heard_since<A: Adapter>(socket: &SocketRef<A>, since: tokio::time::Instant) -> bool {
+    outbox(socket).is_some_and(|o| o.heard_since(since))
 }
 
 /// Counts `bytes` queued for `socket`; a socket with more than `max` bytes

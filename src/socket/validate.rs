@@ -78,6 +78,7 @@ pub fn join_request(p: JoinSession) -> Result<JoinRequest, JoinError> {
         offered_password: parts.password.map(str::to_owned),
         mode,
         may_create: false,
+        replacing: None,
     })
 }
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::events::{incoming, internal, outgoing};
 use super::queue::Command;
-use super::relay::{self, Relay};
+use super::relay::{self, session_room, Relay, SESSION_ROOM_PREFIX};
 use super::App;
 use crate::domain::{ConnId, EventError, JoinError, SessionId, UserId};
 use crate::limits::Bucket;
@@ -213,15 +213,20 @@ impl<A: Adapter> Worker<A> {
     fn rate_limit(&mut self, command: &Command) -> Result<(), Duration> {
         let rates = self.app.rates;
         let b = &mut self.buckets;
-        let (bucket, rate) = match command {
-            Command::SendMessage(_) => (&mut b.send, rates.send),
-            Command::Join(_) => (&mut b.join, rates.join),
-            Command::Typing(_) | Command::StoppedTyping(_) => (&mut b.typing, rates.typing),
-            Command::GetPublicKeys(_)
-            | Command::SavePublicKey(_)
-            | Command::SetSessionKey(_)
-            | Command::FileDownloaded(_) => (&mut b.keys, rates.keys),
-            _ => return Ok(()),
+        // Every event a client sends counts: an invalid one as the event it
+        // names, a leave with the joins, an unknown one with the key events.
+        let event = match command {
+            Command::Disconnect => return Ok(()),
+            Command::Leave(_) => incoming::JOIN_SESSION,
+            Command::Unknown(_) => incoming::GET_PUBLIC_KEYS,
+            Command::Invalid(event, _) => event,
+            command => command.event(),
+        };
+        let (bucket, rate) = match event {
+            incoming::SEND_MESSAGE => (&mut b.send, rates.send),
+            incoming::JOIN_SESSION => (&mut b.join, rates.join),
+            incoming::TYPING | incoming::STOPPED_TYPING => (&mut b.typing, rates.typing),
+            _ => (&mut b.keys, rates.keys),
         };
         bucket.take(rate, Instant::now())
     }
@@ -294,8 +299,25 @@ impl<A: Adapter> Worker<A> {
         if e == EventError::NotInSession {
             self.bound = None;
             self.stop_replay();
+            self.leave_foreign_rooms();
         }
         e
+    }
+
+    /// Takes this socket out of every session room but its binding's (and
+    /// the one of a join whose outcome is unknown): a socket that is no
+    /// member must hear nothing of a session.
+    pub(super) fn leave_foreign_rooms(&self) {
+        let keep: Vec<String> = [&self.bound, &self.maybe_joined]
+            .into_iter()
+            .flatten()
+            .map(|b| session_room(&b.session))
+            .collect();
+        for room in self.socket.rooms() {
+            if room.starts_with(SESSION_ROOM_PREFIX) && !keep.iter().any(|k| **k == *room) {
+                self.socket.leave(room);
+            }
+        }
     }
 
     fn session_error(&self, e: &JoinError) {

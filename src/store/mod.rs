@@ -226,6 +226,22 @@ impl Store {
         on_backend!(self, typing(session, user, conn))
     }
 
+    /// Whether `conn` is `user`'s current socket in `session` (checked after
+    /// a join put the socket in the session's room: a newer socket may have
+    /// taken the seat meanwhile).
+    pub async fn is_member_socket(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        conn: &ConnId,
+    ) -> Result<bool, Unavailable> {
+        match self.typing(session, user, conn).await {
+            Ok(_) => Ok(true),
+            Err(EventError::StoreUnavailable) => Err(Unavailable),
+            Err(_) => Ok(false),
+        }
+    }
+
     /// `leave-session` or a socket's disconnect: removes the member and its
     /// key when `conn` is still the member's current socket (`None`
     /// otherwise: the member rejoined from a newer one, or is gone). The

@@ -58,6 +58,11 @@ pub struct JoinRequest {
     /// (the caller has charged the creation to the client's address);
     /// otherwise it is refused `SESSION_NOT_FOUND` like anyone's.
     pub may_create: bool,
+    /// The member's previous socket, which the caller found gone: only then
+    /// may a join from another socket take the member's seat (its key, name
+    /// and creator rights). Without it, such a join is refused
+    /// [`JoinError::MemberConnected`] and nothing changes.
+    pub replacing: Option<ConnId>,
 }
 
 /// What a join's checks need that is slow to derive, derived by

@@ -19,6 +19,7 @@ import {
   assertUserLeft,
   assertEventError,
   assertKeys,
+  assertSessionError,
   POLLING,
   QUIET_MS,
   sleep,
@@ -151,8 +152,9 @@ describe('flows across nodes', { concurrency: true }, () => {
     assert.deepStrictEqual(await b.next('download-notification'), { downloadedBy: 'Carol', fileName: 'doc.pdf', timestamp: 1712345678902 });
     await a.expectNo('download-notification', 0);
 
-    // Everyone's own history view from yet another node.
-    const a2 = await connect(n2, { name: 'alice-view' });
+    // Alice's own history view, joining again from her socket (the stock
+    // client's double join; a live member's seat is not taken by another).
+    const a2 = a;
     const view = await a2.join(joinPayload(alice, link, { publicKey: null }));
     assert.deepStrictEqual(view.history.map((m) => m.id), ['fl-1', 'fl-2', 'fl-3', 'fl-4', 'fl-5']);
     assert.deepStrictEqual(view.metadata, { chatMode: 'group', encryptedSessionKey: 'wrapped-for-alice' });
@@ -192,9 +194,11 @@ describe('flows across nodes', { concurrency: true }, () => {
     // History holds them in the same order (a late joiner on node 1).
     const d = await connect(cluster.nodes[0], { name: 'dave' });
     const jd = await d.join(joinPayload(newUser('Dave'), link));
-    const tailIds = jd.history.map((m) => m.id);
-    assert.ok(tailIds.length > 0, 'history is empty');
-    assert.deepStrictEqual(tailIds, want.slice(COUNT - tailIds.length), 'history is the newest messages, in order');
+    // It comes in pages of HISTORY_PAGE_BYTES, oldest first, the first with the join.
+    const ids = jd.history.map((m) => m.id);
+    assert.ok(ids.length > 0 && ids.length < COUNT, `the first page holds part of it: ${ids.length}`);
+    while (ids.length < COUNT) ids.push(...(await d.next('messages-history')).map((m) => m.id));
+    assert.deepStrictEqual(ids, want, 'history holds every message in order, page after page');
   });
 
   test('a member disconnects from node 1 and reconnects to node 2 with the same link: history and room intact', async () => {
@@ -245,44 +249,84 @@ describe('flows across nodes', { concurrency: true }, () => {
     await a2.expectNo('event-error');
   });
 
-  test('reload: a member rejoins on node 3 while its old socket on node 1 is still open', async () => {
-    const cluster = await startCluster();
+  test('a join as a member whose socket on another node still answers is refused; once that socket closed (a reload), it gets in', async () => {
+    // A quick heartbeat: the refusal comes once the other node's socket
+    // outlived PING_INTERVAL_MS + PING_TIMEOUT_MS + 1 s.
+    const cluster = await startCluster({ env: { PING_INTERVAL_MS: '1000', PING_TIMEOUT_MS: '2000' } });
     const alice = newUser('Alice');
     const bob = newUser('Bob');
     const { link, clients } = await setupRoom(cluster, [alice, bob]);
     const [a, b] = clients; // nodes 1, 2
     b.emit('send-message', { sessionId: link, from: bob.userId, to: alice.userId, encrypted: 'before', type: 'text', clientMessageId: 'rl-1' });
-    const m1 = await a.next('new-message');
+    await a.next('new-message');
 
-    // The stock client rejoins after a reload with publicKey null.
-    const a2 = await connect(cluster.nodes[2], { name: 'alice-reloaded' });
-    const ja = await a2.join(joinPayload(alice, link, { publicKey: null }));
-    assert.deepStrictEqual(ja.history, [m1]);
-    assertPublicKeys(ja.keys, [keyEntry(alice), keyEntry(bob)], 'the stored key stays');
-    // A member rejoining from a new socket is no new member.
-    await b.expectNo('user-joined');
-    await b.expectNo('user-left', 0);
-    b.drain('public-keys-updated');
+    // Mallory, on node 3, claims Alice's id with a key of her own.
+    const mallory = await connect(cluster.nodes[2], { name: 'mallory' });
+    mallory.emit('join-session', { ...joinPayload(alice, link, { isCreator: true }), publicKey: 'MALLORY-KEY' });
+    assertSessionError(
+      await mallory.next('session-error', 10000),
+      'ALREADY_CONNECTED',
+      'This user is already connected to this session from another tab or device.',
+    );
+    await mallory.expectNo('messages-history', 0);
+    // Nothing changed for Alice or Bob.
+    await b.expectNo('public-keys-updated', 0);
+    b.emit('get-public-keys', { sessionId: link, userId: bob.userId });
+    assertPublicKeys(await b.next('public-keys-updated'), [keyEntry(alice)]);
+    b.emit('send-message', { sessionId: link, from: bob.userId, to: alice.userId, encrypted: 'still-alice', type: 'text', clientMessageId: 'rl-2' });
+    assert.equal((await a.next('new-message')).id, 'rl-2');
+    await mallory.expectNo('new-message');
 
-    // Room traffic now goes to the new socket only.
-    b.emit('send-message', { sessionId: link, from: bob.userId, to: 'all', encrypted: 'after', type: 'text', clientMessageId: 'rl-2' });
-    assert.equal((await a2.next('new-message')).id, 'rl-2');
-    b.emit('send-message', { sessionId: link, from: bob.userId, to: alice.userId, encrypted: 'after-direct', type: 'text', clientMessageId: 'rl-3' });
-    assert.equal((await a2.next('new-message')).id, 'rl-3');
-    await a.expectNo('new-message');
-
-    // The old socket's events are refused; its disconnect announces nothing.
-    a.emit('send-message', { sessionId: link, from: alice.userId, to: 'all', encrypted: 'stale', type: 'text', clientMessageId: 'rl-stale' });
-    assertEventError(await a.next('event-error'), 'send-message', 'NOT_IN_SESSION');
+    // Alice reloads: her old socket closes, the new page joins on node 3.
     a.close();
-    await sleep(QUIET_MS * 2);
-    await b.expectNo('user-left', 0);
-    await b.expectNo('new-message', 0);
-    await a2.expectNo('user-left', 0);
+    assertUserLeft(await b.next('user-left'), alice);
+    const a2 = await connect(cluster.nodes[2], { name: 'alice-reloaded' });
+    const ja = await a2.join(joinPayload(alice, link));
+    assert.deepStrictEqual(ja.history.map((m) => m.id), ['rl-1', 'rl-2'], 'what was sent to Alice, before and during the attempt');
+    assertPublicKeys(ja.keys, [keyEntry(alice), keyEntry(bob)]);
+    b.emit('send-message', { sessionId: link, from: bob.userId, to: 'all', encrypted: 'after', type: 'text', clientMessageId: 'rl-3' });
+    assert.equal((await a2.next('new-message')).id, 'rl-3');
+    await mallory.expectNo('new-message', 0);
+  });
+  test('two sockets on two nodes race to join as one new user: one is the member, the other is refused and hears nothing, and after the leave neither does', async () => {
+    const cluster = await startCluster({ env: { PING_INTERVAL_MS: '1000', PING_TIMEOUT_MS: '2000' } });
+    const alice = newUser('Alice');
+    const dave = newUser('Dave');
+    const { link, clients } = await setupRoom(cluster, [alice]);
+    const [a] = clients; // node 1
+    const x = await connect(cluster.nodes[1], { name: 'dave-on-2' });
+    const y = await connect(cluster.nodes[2], { name: 'dave-on-3' });
+    x.emit('join-session', joinPayload(dave, link));
+    y.emit('join-session', joinPayload(dave, link));
+    // The loser waits out the other node's heartbeat (1 + 2 + 1 s) and is refused.
+    await sleep(6000);
+    const admitted = [x, y].filter((cl) => cl.count('messages-history') > 0);
+    const refused = [x, y].filter((cl) => cl.count('session-error') > 0);
+    assert.equal(admitted.length, 1, 'exactly one socket is the member');
+    assert.equal(refused.length, 1, 'the other is refused');
+    const [winner, loser] = [admitted[0], refused[0]];
+    assertSessionError(
+      await loser.next('session-error'),
+      'ALREADY_CONNECTED',
+      'This user is already connected to this session from another tab or device.',
+    );
+    assertUserJoined(await a.next('user-joined'), dave);
 
-    a2.emit('send-message', { sessionId: link, from: alice.userId, to: bob.userId, encrypted: 'still here', type: 'text', clientMessageId: 'rl-4' });
-    const sent = await a2.next('message-sent');
-    assertKeys(sent, ['id', 'from', 'to', 'encrypted', 'timestamp', 'type', 'senderDisplayName'], 'message-sent');
-    assert.equal((await b.next('new-message')).id, 'rl-4');
+    a.emit('send-message', { sessionId: link, from: alice.userId, to: 'all', encrypted: 'during', type: 'text', clientMessageId: 'race-1' });
+    assert.equal((await winner.next('new-message')).id, 'race-1');
+    await loser.expectNo('new-message');
+
+    winner.emit('leave-session', { sessionId: link, userId: dave.userId });
+    assertUserLeft(await a.next('user-left'), dave);
+    await winner.next('public-keys-updated'); // the room's keys after the leave, the leaver included
+    await sleep(QUIET_MS);
+    for (const cl of [winner, loser]) cl.drainAll();
+    a.emit('send-message', { sessionId: link, from: alice.userId, to: 'all', encrypted: 'after', type: 'text', clientMessageId: 'race-2' });
+    await a.next('message-sent');
+    await sleep(QUIET_MS);
+    for (const cl of [winner, loser]) {
+      await cl.expectNo('new-message', 0);
+      await cl.expectNo('public-keys-updated', 0);
+    }
   });
 });

@@ -72,6 +72,9 @@ struct InboxState {
     sio_disconnected: bool,
     /// The transport is gone (close frame, socket closed, polling refused).
     closed: bool,
+    /// Sends nothing any more (not even pongs): a client whose connection
+    /// died without the server knowing yet.
+    muted: bool,
 }
 
 /// Shared between the client handle and its reader task. `version` is
@@ -87,6 +90,10 @@ impl Inbox {
             state: Mutex::new(InboxState::default()),
             version: watch::channel(0).0,
         })
+    }
+
+    fn is_muted(&self) -> bool {
+        self.state.lock().unwrap().muted
     }
 
     fn update(&self, f: impl FnOnce(&mut InboxState)) {
@@ -212,6 +219,9 @@ impl Client {
         let writer_inbox = inbox.clone();
         let writer = tokio::spawn(async move {
             while let Some(packet) = out_rx.recv().await {
+                if writer_inbox.is_muted() {
+                    continue;
+                }
                 let message = if packet == CLOSE_SENTINEL {
                     Message::Close(None)
                 } else if let Some(bytes) = packet.strip_prefix(BINARY_SENTINEL) {
@@ -275,6 +285,9 @@ impl Client {
         let (post_http, post_url, post_origin) = (http.clone(), url.clone(), options.origin.clone());
         let writer = tokio::spawn(async move {
             while let Some(first) = out_rx.recv().await {
+                if writer_inbox.is_muted() {
+                    continue;
+                }
                 let mut batch = vec![first];
                 while let Ok(more) = out_rx.try_recv() {
                     batch.push(more);
@@ -359,6 +372,12 @@ impl Client {
     }
 
     /// Sends one raw Engine.IO packet (text), e.g. `"42[\"x\"]"` or garbage.
+    /// From now on the client sends nothing, pongs included, while still
+    /// reading what comes: its connection died without the server knowing.
+    pub fn go_silent(&self) {
+        self.inbox.update(|s| s.muted = true);
+    }
+
     pub fn send_raw(&self, packet: &str) {
         // A closed transport just drops what is sent; tests observe that.
         let _ = self.out.send(packet.to_string());

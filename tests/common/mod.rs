@@ -45,6 +45,15 @@ pub fn test_config() -> Config {
     }
 }
 
+/// A heartbeat of a few hundred milliseconds, for tests where a member's
+/// old socket goes silent: the server replaces such a socket once it missed
+/// a ping interval (and a 2 s grace), docs/PROTOCOL.md "One member, one
+/// socket".
+pub fn quick_heartbeat(config: &mut Config) {
+    config.ping_interval = std::time::Duration::from_millis(300);
+    config.ping_timeout = std::time::Duration::from_secs(5);
+}
+
 /// A running server plus an HTTP client pointed at it.
 pub struct TestServer {
     server: Option<RunningServer>,

@@ -85,6 +85,8 @@ export async function startServer(env = {}) {
     HANDSHAKE_RATE_PER_IP: '0',
     RESERVE_RATE_PER_IP: '0',
     MAX_SESSIONS_PER_IP: '0',
+    AUTH_FAILURES_PER_IP_PER_MIN: '0',
+    AUTH_FAILURES_PER_SESSION_PER_MIN: '0',
     SEND_RATE_PER_SOCKET: '0',
     JOIN_RATE_PER_MIN: '0',
     TYPING_RATE_PER_MIN: '0',
@@ -465,6 +467,16 @@ export class Client {
 
   close() {
     this.socket.close();
+  }
+
+  /**
+   * From now on this client sends nothing, pongs included, while it still
+   * reads what comes: its connection died without the server knowing. The
+   * server gives the seat of a member whose socket went silent to a new
+   * socket once a ping interval (and a 2 s grace) passed unanswered.
+   */
+  goSilent() {
+    this.socket.io.engine._sendPacket = () => {};
   }
 
   #count(event) {

@@ -28,7 +28,9 @@ import {
 
 let server;
 before(async () => {
-  server = await startServer();
+  // A quick heartbeat: the reconnect cases wait for a silent old socket to
+  // miss a ping interval (docs/PROTOCOL.md, "One member, one socket").
+  server = await startServer({ PING_INTERVAL_MS: '500' });
 });
 after(async () => {
   await server?.stop();
@@ -245,7 +247,8 @@ describe('join', { concurrency: true }, () => {
         const sent = await a.next('message-sent');
         await b1.next('new-message');
 
-        // Bob reconnects from a new socket, as the stock client does after a reload.
+        // Bob's connection dies unnoticed; he reconnects from a new socket.
+        b1.goSilent();
         const b2 = await connect(server, { transports, name: 'bob-new' });
         const jb = await b2.join(joinPayload(bob, link, { publicKey: null }));
         assert.deepStrictEqual(jb.history, [sent], 'history includes messages addressed to bob');
@@ -366,7 +369,9 @@ describe('join', { concurrency: true }, () => {
         await c.expectNo('messages-history');
         await a.expectNo('user-joined');
         await b.expectNo('user-joined');
-        // A member rejoining from a new socket is not refused as a third member.
+        // A member reconnecting from a new socket (the old one's connection
+        // died unnoticed) is not refused as a third member.
+        b.goSilent();
         const b2 = await connect(server, { transports, name: 'bob-new' });
         await b2.join(joinPayload(bob, link, { publicKey: null }));
       });

@@ -31,9 +31,13 @@ after(async () => {
   await server?.stop();
 });
 
-/** Rejoins `user` from a fresh socket and returns its messages-history. */
-async function historyOf(transports, user, link) {
-  const c = await connect(server, { transports, name: `${user.displayName}-history` });
+/**
+ * The messages-history `user` gets on joining: a member joins again from its
+ * own socket (`existing`, as the stock client's double join does; a member's
+ * seat is not taken from a live socket), a newcomer from a fresh one.
+ */
+async function historyOf(transports, user, link, existing) {
+  const c = existing ?? await connect(server, { transports, name: `${user.displayName}-history` });
   const j = await c.join(joinPayload(user, link, { publicKey: null }));
   return { history: j.history, client: c };
 }
@@ -57,10 +61,10 @@ describe('messaging', { concurrency: true }, () => {
         await b.expectNo('new-message');
         await a.expectNo('new-message');
 
-        const hb = await historyOf(transports, bob, link);
+        const hb = await historyOf(transports, bob, link, b);
         assert.equal(hb.history.length, 1, `stored once: ${JSON.stringify(hb.history)}`);
         assertMessage(hb.history[0], want);
-        const ha = await historyOf(transports, alice, link);
+        const ha = await historyOf(transports, alice, link, a);
         assert.equal(ha.history.length, 1);
         assertMessage(ha.history[0], want);
       });
@@ -82,10 +86,10 @@ describe('messaging', { concurrency: true }, () => {
         await b.expectNo('new-message');
         await c.expectNo('new-message');
 
-        const ha = await historyOf(transports, alice, link);
+        const ha = await historyOf(transports, alice, link, a);
         assert.equal(ha.history.length, 1, `stored once: ${JSON.stringify(ha.history)}`);
         assertMessage(ha.history[0], { ...base, to: bob.userId, encrypted: 'for-Bob' });
-        const hc = await historyOf(transports, carol, link);
+        const hc = await historyOf(transports, carol, link, c);
         assert.ok(hc.history.length <= 1, `not duplicated for carol: ${JSON.stringify(hc.history)}`);
       });
 
@@ -137,9 +141,9 @@ describe('messaging', { concurrency: true }, () => {
 
         const hd = await historyOf(transports, newUser('Dave'), link);
         assert.deepStrictEqual(hd.history, [m1, m4, m5], 'a late joiner sees only messages to everyone');
-        assert.deepStrictEqual((await historyOf(transports, bob, link)).history, [m1, m2, m3, m4, m5]);
-        assert.deepStrictEqual((await historyOf(transports, alice, link)).history, [m1, m2, m3, m4, m5]);
-        assert.deepStrictEqual((await historyOf(transports, carol, link)).history, [m1, m4, m5]);
+        assert.deepStrictEqual((await historyOf(transports, bob, link, b)).history, [m1, m2, m3, m4, m5]);
+        assert.deepStrictEqual((await historyOf(transports, alice, link, a)).history, [m1, m2, m3, m4, m5]);
+        assert.deepStrictEqual((await historyOf(transports, carol, link, c)).history, [m1, m4, m5]);
       });
 
       test('typing / stopped-typing reach the others only', async () => {
@@ -295,7 +299,7 @@ describe('messaging', { concurrency: true }, () => {
         assertPublicKeys(await a.next('public-keys-updated'), [keyEntry(bob), keyEntry(carol)]);
         c.emit('get-public-keys', { sessionId: link, userId: carol.userId });
         assertPublicKeys(await c.next('public-keys-updated'), [keyEntry(alice), keyEntry(bob)]);
-        assert.deepStrictEqual((await historyOf(transports, carol, link)).history, []);
+        assert.deepStrictEqual((await historyOf(transports, carol, link, c)).history, []);
       });
 
       test('save-public-key stores the key and the whole room gets public-keys-updated', async () => {

@@ -53,17 +53,18 @@ for (const mode of MODES) {
         const m2 = await sendAndCheck(alice, a, b, bob.userId, plainA2, `oc-a2-${tag}`);
         const m3 = await sendAndCheck(bob, b, a, 'all', plainB1, `oc-b1-${tag}`);
 
-        const historyFor = async (user) => {
-          const c = await connect(server, { transports, name: `${user.displayName}-reload` });
+        // Each joins again from its own socket (the stock client's double join).
+        const historyFor = async (user, client) => {
+          const c = client ?? await connect(server, { transports, name: `${user.displayName}-late` });
           return (await c.join(joinPayload(user, link, { publicKey: null }))).history;
         };
         const authorKeeps = mode === 'author';
-        const ha = await historyFor(alice);
+        const ha = await historyFor(alice, a);
         assert.equal(ha.length, 3);
         assertMessage(ha[0], authorKeeps ? { ...m1, originalContent: plainA1 } : m1, 'alice history[0]');
         assertMessage(ha[1], authorKeeps ? { ...m2, originalContent: plainA2 } : m2, 'alice history[1]');
         assertMessage(ha[2], m3, 'alice history[2] (bob’s message, never with plaintext)');
-        const hb = await historyFor(bob);
+        const hb = await historyFor(bob, b);
         assert.equal(hb.length, 3);
         assertMessage(hb[0], m1, 'bob history[0]');
         assertMessage(hb[1], m2, 'bob history[1]');

@@ -54,7 +54,7 @@ impl MemoryStore {
             {
                 return Err(format!("{id}: history over its bounds"));
             }
-            let ids: HashSet<_> = s.history.iter().map(|m| m.id.clone()).collect();
+            let ids: HashSet<_> = s.history.iter().map(|m| (m.from.clone(), m.id.clone())).collect();
             if ids.len() != s.history.len() || ids != s.history_ids {
                 return Err(format!("{id}: history ids out of step"));
             }

@@ -148,6 +148,11 @@ impl MemoryStore {
         };
         let mut s = lock(&session);
         s.admit(&req, auth, &self.shared.limits, now_ms)?;
+        if let Some(member) = s.members.get(&req.user) {
+            if member.conn != *conn && req.replacing.as_ref() != Some(&member.conn) {
+                return Err(JoinError::MemberConnected(member.conn.clone()));
+            }
+        }
         if req.is_creator && s.creator.as_ref().is_none_or(|c| *c == req.user) {
             s.reserved = false;
             s.creator = Some(req.user.clone());
@@ -345,7 +350,9 @@ impl MemoryStore {
             };
             let sender_name = s.members.get(from).and_then(|m| m.display_name.clone());
             let message = Arc::new(message.into_message(from.clone(), sender_name, now_ms, keep_original));
-            let is_new = !s.history_ids.contains(&message.id);
+            let is_new = !s
+                .history_ids
+                .contains(&(message.from.clone(), message.id.clone()));
             if is_new {
                 s.push_history(message.clone(), limits, &self.shared.total_history_bytes);
             }

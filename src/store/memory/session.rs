@@ -38,8 +38,9 @@ pub(super) struct Session {
     /// the one before, so a replay can go on from where it stopped.
     pub(super) first_seq: u64,
     pub(super) history_bytes: usize,
-    /// Ids of the messages in `history`, to store each id once.
-    pub(super) history_ids: HashSet<Arc<str>>,
+    /// Sender and id of the messages in `history`, to store each sender's
+    /// id once (another member reusing an id is a message of its own).
+    pub(super) history_ids: HashSet<(UserId, Arc<str>)>,
     /// The group key wrapped for each member, when the creator set one.
     pub(super) wrapped_keys: Option<WrappedKeys>,
     pub(super) last_activity: Instant,
@@ -162,7 +163,8 @@ impl Session {
         let weight = message.weight();
         self.history_bytes += weight;
         total.fetch_add(weight, Ordering::Relaxed);
-        self.history_ids.insert(message.id.clone());
+        self.history_ids
+            .insert((message.from.clone(), message.id.clone()));
         self.history.push_back(message);
         while !self.history.is_empty()
             && (self.history.len() > limits.max_history_messages
@@ -178,7 +180,7 @@ impl Session {
             let weight = old.weight();
             self.history_bytes -= weight;
             total.fetch_sub(weight, Ordering::Relaxed);
-            self.history_ids.remove(&old.id);
+            self.history_ids.remove(&(old.from.clone(), old.id.clone()));
         }
     }
 

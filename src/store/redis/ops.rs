@@ -160,7 +160,8 @@ impl RedisStore {
             .arg(limits.history_page_bytes)
             .arg(flag(req.may_create))
             .arg(limits.auth_failures_per_session_per_min)
-            .arg(AUTH_FAILURE_WINDOW_MS);
+            .arg(AUTH_FAILURE_WINDOW_MS)
+            .arg(req.replacing.as_ref().map_or("", ConnId::as_str));
         let (status, mut r) = self.run(inv).await?;
         match status.as_str() {
             "ok" => {}
@@ -168,6 +169,7 @@ impl RedisStore {
                 let wait = r.string().parse().unwrap_or(AUTH_FAILURE_WINDOW_MS);
                 return Err(JoinError::RateLimited(std::time::Duration::from_millis(wait)));
             }
+            "MEMBER_CONNECTED" => return Err(JoinError::MemberConnected(ConnId::new(r.string()))),
             "SESSION_FULL" => {
                 let mode = ChatMode::parse(&r.string()).unwrap_or_default();
                 let capacity = r.string().parse().unwrap_or(rules::PAIR_SESSION_SIZE);

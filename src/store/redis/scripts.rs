@@ -18,8 +18,8 @@
 //! | `P:s:{id}:m` | hash | user id → member `{c: socket id, n: node id, j: joined at, d: display name}` |
 //! | `P:s:{id}:k` | hash | user id → `<order>|<public key entry JSON>` |
 //! | `P:s:{id}:h` | list | history, oldest first (message JSON) |
-//! | `P:s:{id}:hw` | list | `<weight>|<message id>` beside each history entry |
-//! | `P:s:{id}:hi` | set | the ids in history |
+//! | `P:s:{id}:hw` | list | `<weight>|<user>\n<message id>` beside each history entry |
+//! | `P:s:{id}:hi` | set | sender and id (`<user>\n<id>`) of each message in history |
 //! | `P:s:{id}:w` | hash | user id → the group key wrapped for that user (a JSON string, as the creator sent it) |
 //! | `P:node:<node>` | string | the node's heartbeat; expires after `NODE_TIMEOUT_SECS` |
 //! | `P:nodes` | set | node ids that may hold members |
@@ -203,8 +203,11 @@ return { 'ok' }
 /// `[18]` display name (optional), `[19]` public key JSON or `''`, `[20]` the
 /// most history bytes of a page, `[21]` `'1'` when a creator's join may
 /// create an unknown session, `[22]` AUTH_FAILURES_PER_SESSION_PER_MIN (0 =
-/// no limit), `[23]` the length of its window (ms). Past the session's
-/// budget of wrong keys and passwords: `{'RATE_LIMITED', ms to wait}`.
+/// no limit), `[23]` the length of its window (ms), `[24]` the member's
+/// previous socket that the caller found gone, or `''`. Past the session's
+/// budget of wrong keys and passwords: `{'RATE_LIMITED', ms to wait}`; a
+/// member connected from another socket (not `[24]`): `{'MEMBER_CONNECTED',
+/// its socket}`, nothing changed.
 ///
 /// Answers `{'ok', kind, previous socket, mode, display name, wrapped key
 /// (optional), public keys (flat hash), first page of history, index entry
@@ -248,13 +251,14 @@ else
   end
   if reserved == '1' then return { 'SESSION_NOT_ACTIVE' } end
 end
+local m = get_member(k, user)
+if m and m.c ~= conn and m.c ~= ARGV[24] then return { 'MEMBER_CONNECTED', m.c } end
 if creator_join and (creator == '' or creator == user) then
   redis.call('HSET', k.meta, 'reserved', '0', 'creator', user)
 end
 local capacity = 2
 if mode == 'group' then capacity = tonumber(ARGV[17]) end
 local entry = sid .. '\n' .. user
-local m = get_member(k, user)
 local kind, previous = 'new', ''
 if m then
   if m.c == conn then
@@ -382,7 +386,8 @@ if to then
   if not r then return { 'UNKNOWN_RECIPIENT' } end
   route = r.c
 end
-local id = ARGV[10]
+-- Each sender's ids are its own: the set holds "<user>\n<id>".
+local id = user .. '\n' .. ARGV[10]
 local is_new = '0'
 if redis.call('SISMEMBER', k.hi, id) == 0 then
   is_new = '1'

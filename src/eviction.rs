@@ -85,6 +85,7 @@ mod tests {
             offered_password: None,
             mode: ChatMode::Group,
             may_create: true,
+            replacing: None,
         };
         let auth = store.auth_for(&req);
         store.join(req, &auth, &ConnId::new(conn), 0).unwrap();

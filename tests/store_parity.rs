@@ -327,6 +327,7 @@ async fn apply(store: &Store, op: &Op, now: u64) -> Value {
                 offered_password: password.map(|p| PASSWORDS[p].to_owned()),
                 mode: MODES[mode],
                 may_create: true,
+                replacing: None,
             };
             match store.join(req, &conn(c), now).await {
                 Ok(j) => joined(store, &j, &sid(s), &uid(u), &conn(c)).await,
@@ -468,6 +469,7 @@ fn concurrent_joins_for_the_last_seat_admit_exactly_one() {
             offered_password: None,
             mode: ChatMode::Private,
             may_create: true,
+            replacing: None,
         };
         store.join(creator, &ConnId::new("creator"), 1).await.unwrap();
         let joins = (0..40).map(|i| {
@@ -483,6 +485,7 @@ fn concurrent_joins_for_the_last_seat_admit_exactly_one() {
                     offered_password: None,
                     mode: ChatMode::Private,
                     may_create: false,
+                    replacing: None,
                 };
                 store
                     .join(req, &ConnId::new(format!("j{i}")), 2)

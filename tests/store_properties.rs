@@ -212,6 +212,7 @@ impl Model {
         password: Option<&str>,
         mode: ChatMode,
         pk: bool,
+        replace: Option<&str>,
     ) -> Result<JoinKind, &'static str> {
         let now = self.now;
         if !self.sessions.contains_key(s) {
@@ -247,6 +248,14 @@ impl Model {
             if session.reserved {
                 return Err("SESSION_NOT_ACTIVE");
             }
+        }
+        // A seat held by another socket is taken only from the one named gone.
+        if session
+            .members
+            .get(u)
+            .is_some_and(|held| held != c && replace != Some(held.as_str()))
+        {
+            return Err("ALREADY_CONNECTED");
         }
         if creator && session.creator.as_deref().is_none_or(|cr| cr == u) {
             session.reserved = false;
@@ -392,10 +401,29 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     offered_password: password.map(str::to_owned),
                     mode: MODES[mode],
                     may_create: true,
+                    replacing: None,
+                };
+                // As the worker does once it found the holder gone (two
+                // joins in three), or not (the third: refused).
+                let holder = model.sessions.get(s).and_then(|m| m.members.get(u)).cloned();
+                let replace = holder.filter(|h| h != c && stamp % 3 != 0);
+                let req = JoinRequest {
+                    replacing: replace.as_deref().map(ConnId::new),
+                    ..req
                 };
                 let auth = store.auth_for(&req);
                 let result = store.join(req, &auth, &ConnId::new(c), stamp);
-                let expected = model.join(s, u, c, creator, key, password, MODES[mode], pk);
+                let expected = model.join(
+                    s,
+                    u,
+                    c,
+                    creator,
+                    key,
+                    password,
+                    MODES[mode],
+                    pk,
+                    replace.as_deref(),
+                );
                 match (&result, &expected) {
                     (Ok(joined), Ok(kind)) => {
                         prop_assert_eq!(&joined.kind, kind, "{}", at());

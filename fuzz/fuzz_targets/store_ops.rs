@@ -172,6 +172,7 @@ fn run(ops: Vec<Op>) {
                     offered_password: password.map(|p| pick(&PASSWORDS, p).to_owned()),
                     mode: pick(&MODES, mode),
                     may_create: true,
+                    replacing: None,
                 };
                 let before = ctx.member_count(&s);
                 let auth = ctx.store.auth_for(&req);

@@ -52,6 +52,7 @@ pub fn seeded() -> Store {
             offered_password: None,
             mode,
             may_create: true,
+            replacing: None,
         };
         let auth = store.auth_for(&req);
         store.join(req, &auth, &conn(c), 1).expect("seed join");

@@ -406,7 +406,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 // As the worker does once it found the holder gone (two
                 // joins in three), or not (the third: refused).
                 let holder = model.sessions.get(s).and_then(|m| m.members.get(u)).cloned();
-                let replace = holder.filter(|h| h != c && stamp % 3 != 0);
+                let replace = holder.filter(|h| h != c && !stamp.is_multiple_of(3));
                 let req = JoinRequest {
                     replacing: replace.as_deref().map(ConnId::new),
                     ..req

@@ -62,7 +62,12 @@ ensure() {
     return
   fi
   if [ "$registry" != down ]; then
-    if timeout "${PULL_TIMEOUT:-600}" docker pull -q "$name" >/dev/null 2>&1; then
+    # The first pull finds out whether a registry answers: a network that
+    # drops packets must not hold CI for long. Once one pull has worked,
+    # the large images get all the time they need.
+    local limit=${PULL_TIMEOUT:-900}
+    [ "$registry" = up ] || limit=${PULL_PROBE_TIMEOUT:-90}
+    if timeout "$limit" docker pull -q "$name" >/dev/null 2>&1; then
       registry=up
       say "$name: pulled the official image"
       return

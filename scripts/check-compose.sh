@@ -5,7 +5,8 @@
 #     from compose's normalised model, or else from the file with PyYAML
 #     (Debian's python3-yaml, installed when missing and run as root);
 #   - that it has a redis service, three chat nodes each with REDIS_URL, a
-#     NODE_ID and TRUST_PROXY, and an lb service mounting deploy/nginx.conf;
+#     NODE_ID, TRUST_PROXY and metrics on the compose network (never
+#     published), and an lb service mounting deploy/nginx.conf;
 #   - that deploy/nginx.conf is sticky (ip_hash), lists exactly those nodes,
 #     and matches the server's documented defaults (.env.example).
 # Usage: scripts/check-compose.sh
@@ -75,6 +76,9 @@ def settings(path):
 defaults = settings(".env.example")
 dockerfile = open("Dockerfile").read()
 image_port = re.search(r"\bPORT=(\d+)", dockerfile).group(1)
+image_metrics = re.search(r"\bMETRICS_ADDR=(\S+)", dockerfile)
+image_metrics = image_metrics.group(1) if image_metrics else defaults["METRICS_ADDR"]
+exposed = re.findall(r"^EXPOSE\s+(.+)$", dockerfile, re.M)
 
 services = compose.get("services") or {}
 chats = sorted(n for n in services if re.fullmatch(r"chat\d+", n))
@@ -111,6 +115,9 @@ for name in chats:
     check(str(env.get("TRUST_PROXY", "")).lower() == "x-forwarded-for",
           f"{name}: TRUST_PROXY=x-forwarded-for (nginx appends the client address)")
     check(not svc.get("ports"), f"{name}: not published (only through the balancer)")
+    metrics = str(env.get("METRICS_ADDR") or image_metrics)
+    check(not metrics.startswith("127.") and metrics != "off",
+          f"{name}: METRICS_ADDR on the compose network, not the container's loopback ({metrics})")
     deps = svc.get("depends_on") or {}
     cond = deps.get("redis", {}).get("condition") if isinstance(deps, dict) else None
     check(cond == "service_healthy", f"{name}: depends on redis being healthy")
@@ -118,6 +125,10 @@ for name in chats:
     check("build" in svc or svc.get("image"), f"{name}: built from the Dockerfile or given an image")
 check(len(set(node_ids)) == len(chats) and None not in node_ids, f"every node has its own NODE_ID ({node_ids})")
 check(len(images) == 1, f"the nodes run one image ({sorted(map(str, images))})")
+
+metrics_port = image_metrics.rsplit(":", 1)[-1]
+check(not any(metrics_port in e.split() for e in exposed),
+      f"the Dockerfile does not EXPOSE the metrics port {metrics_port} (-P would publish it)")
 
 # --- lb ------------------------------------------------------------------------
 lb = services["lb"]

@@ -10,9 +10,13 @@
 #   5. the multi-node suite: 3 server processes sharing one redis-server
 #      (node --test in tests/cluster);
 #   6. the browser suite in headless Chromium (playwright-core);
-#   7. the cluster deploy files (docker-compose.yml, deploy/nginx.conf).
+#   7. the cluster deploy files (docker-compose.yml, deploy/nginx.conf);
+#   8. the Docker stage (scripts/test-docker.sh): the Dockerfile built and
+#      run, and docker-compose.yml brought up for a conversation through
+#      nginx across its nodes.
 # Usage: scripts/test.sh            (all suites)
-#        SKIP_BROWSER=1 scripts/test.sh
+#        SKIP_BROWSER=1 scripts/test.sh   (no browser suite)
+#        SKIP_DOCKER=1 scripts/test.sh    (no Docker stage)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -82,5 +86,12 @@ fi
 
 say "cluster deploy files (docker-compose.yml, deploy/nginx.conf)"
 scripts/check-compose.sh
+
+if [ -z "${SKIP_DOCKER:-}" ]; then
+  say "Docker stage: the image and the compose cluster, run (scripts/test-docker.sh)"
+  docker_started=$SECONDS
+  scripts/test-docker.sh
+  echo "Docker stage took $((SECONDS - docker_started)) s"
+fi
 
 say "all suites passed"

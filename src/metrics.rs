@@ -1,10 +1,20 @@
 //! Prometheus metrics, served on their own listener (`METRICS_ADDR`), never
 //! on the public port.
 //!
+//! Every family is in one table, [`FAMILIES`]: its name, type, help text and
+//! the label values known in advance. At start-up each is described (its
+//! `# HELP` line) and each known series is set to zero, so a fresh server
+//! exports every family before anything happened. To add a family or a label
+//! value, add it there (and to the README's metrics table).
+//!
 //! Counters and the latency histogram are recorded where things happen
 //! (through the `metrics` facade); gauges of state (sockets, sessions,
-//! members, history bytes) are read from the store and socketioxide at
-//! scrape time, so they can never drift.
+//! members, history bytes) and the process figures (`process_*`, from
+//! `/proc`) are read at scrape time, so they can never drift.
+
+mod process;
+
+pub use process::PROCESS_FAMILIES;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -15,18 +25,288 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use metrics::Label;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use socketioxide::adapter::Adapter;
 use socketioxide::{SocketIo, TransportType};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::error::STORE_UNAVAILABLE;
+use crate::socket::events::{incoming, internal};
 use crate::store::Store;
 
 /// Buckets of `chat_event_duration_seconds`: from 50 µs to 1 s.
 const EVENT_DURATION_BUCKETS: [f64; 12] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.25, 1.0,
 ];
+
+/// The type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    /// As the text format's `# TYPE` line says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// Labels and their known values; a series for every combination.
+pub type Labels = &'static [(&'static str, &'static [&'static str])];
+
+/// One metric family.
+#[derive(Debug)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// The series zeroed at start-up: for each entry, every combination of
+    /// its labels' values. [`PLAIN`] is one series without labels; no entry
+    /// at all, series that only appear when set.
+    pub series: &'static [Labels],
+}
+
+/// One series without labels.
+const PLAIN: &[Labels] = &[&[]];
+
+const fn counter(name: &'static str, help: &'static str, series: &'static [Labels]) -> Family {
+    Family {
+        name,
+        kind: Kind::Counter,
+        help,
+        series,
+    }
+}
+
+const fn gauge(name: &'static str, help: &'static str, series: &'static [Labels]) -> Family {
+    Family {
+        name,
+        kind: Kind::Gauge,
+        help,
+        series,
+    }
+}
+
+const fn histogram(name: &'static str, help: &'static str, series: &'static [Labels]) -> Family {
+    Family {
+        name,
+        kind: Kind::Histogram,
+        help,
+        series,
+    }
+}
+
+/// Every event a socket's worker handles and times.
+const EVENTS: &[&str] = &[
+    incoming::JOIN_SESSION,
+    incoming::SEND_MESSAGE,
+    incoming::GET_PUBLIC_KEYS,
+    incoming::SAVE_PUBLIC_KEY,
+    incoming::SET_SESSION_KEY,
+    incoming::FILE_DOWNLOADED,
+    incoming::TYPING,
+    incoming::STOPPED_TYPING,
+    incoming::LEAVE_SESSION,
+    internal::UNKNOWN,
+    internal::DISCONNECT,
+];
+
+/// The events with a per-socket rate limit.
+const RATE_LIMITED_EVENTS: &[&str] = &[
+    incoming::JOIN_SESSION,
+    incoming::SEND_MESSAGE,
+    incoming::GET_PUBLIC_KEYS,
+    incoming::SAVE_PUBLIC_KEY,
+    incoming::SET_SESSION_KEY,
+    incoming::FILE_DOWNLOADED,
+    incoming::TYPING,
+    incoming::STOPPED_TYPING,
+    incoming::LEAVE_SESSION,
+    internal::UNKNOWN,
+];
+
+/// The codes of `session-error` (`JoinError::code`).
+const SESSION_ERROR_CODES: &[&str] = &[
+    "INVALID_PAYLOAD",
+    "SESSION_NOT_FOUND",
+    "INVALID_KEY",
+    "INVALID_PASSWORD",
+    "SESSION_NOT_ACTIVE",
+    "SESSION_FULL",
+    "SESSION_LIMIT",
+    "RATE_LIMITED",
+    "ALREADY_CONNECTED",
+    "SESSION_EXPIRED",
+    STORE_UNAVAILABLE,
+];
+
+/// The codes of `event-error` (`EventError::code`, and the rate limit's).
+const EVENT_ERROR_CODES: &[&str] = &[
+    "INVALID_PAYLOAD",
+    "NOT_IN_SESSION",
+    "NOT_ALLOWED",
+    "UNKNOWN_RECIPIENT",
+    "UNKNOWN_EVENT",
+    "RATE_LIMITED",
+    "STORE_FULL",
+    STORE_UNAVAILABLE,
+];
+
+/// Every family this server exports, but the process figures
+/// ([`PROCESS_FAMILIES`], read at each scrape).
+pub const FAMILIES: &[Family] = &[
+    gauge(
+        "chat_sockets",
+        "Connected Socket.IO sockets of this node, by transport.",
+        &[&[("transport", &["websocket", "polling"])]],
+    ),
+    // Set at every scrape: by mode on one node, mode="all" in cluster mode.
+    gauge(
+        "chat_sessions",
+        "Live sessions by mode (group, private, password); in cluster mode one series mode=\"all\" for the whole cluster.",
+        &[],
+    ),
+    gauge(
+        "chat_members",
+        "Connected members of all sessions (in cluster mode: those connected to this node).",
+        PLAIN,
+    ),
+    gauge(
+        "chat_history_bytes",
+        "History bytes held (compare with MAX_TOTAL_HISTORY_BYTES); in cluster mode, of the whole cluster.",
+        PLAIN,
+    ),
+    counter("chat_joins_total", "Accepted join-session events.", PLAIN),
+    counter("chat_messages_total", "Accepted send-message events.", PLAIN),
+    counter(
+        "chat_deliveries_total",
+        "new-message deliveries (a message to a room of 4 is 3).",
+        PLAIN,
+    ),
+    counter(
+        "chat_received_bytes_total",
+        "Socket.IO event payload bytes received.",
+        PLAIN,
+    ),
+    counter(
+        "chat_sent_bytes_total",
+        "Socket.IO event payload bytes sent (once per recipient).",
+        PLAIN,
+    ),
+    counter(
+        "chat_session_errors_total",
+        "session-error answers sent, by code.",
+        &[&[("code", SESSION_ERROR_CODES)]],
+    ),
+    counter(
+        "chat_event_errors_total",
+        "event-error answers sent, by code.",
+        &[&[("code", EVENT_ERROR_CODES)]],
+    ),
+    counter(
+        "chat_rate_limited_total",
+        "Refusals by a rate limit: per socket by event; per client IP by handshake, reserve, create (a creator's join), sessions (MAX_SESSIONS_PER_IP) or auth (wrong keys and passwords).",
+        &[
+            &[("scope", &["socket"]), ("what", RATE_LIMITED_EVENTS)],
+            &[("scope", &["ip"]), ("what", &["handshake", "reserve", "create", "sessions", "auth"])],
+        ],
+    ),
+    counter(
+        "chat_evictions_total",
+        "Sessions evicted: idle, or expired with members connected.",
+        &[&[("reason", &["idle", "expired"])]],
+    ),
+    counter(
+        "chat_forced_disconnects_total",
+        "Sockets the server cut off, by reason (slow_consumer: more than MAX_BUFFERED_BYTES_PER_SOCKET waiting, or history not read; silent: a member's socket that missed a ping interval while another joined as it; dead_node: members of a dead node removed, once per reaping; heartbeat_lapsed: this node's clients reconnected after its heartbeat lapsed).",
+        &[&[(
+            "reason",
+            &["slow_consumer", "flood", "queue_full", "silent", "dead_node", "heartbeat_lapsed"],
+        )]],
+    ),
+    counter(
+        "chat_broadcasts_incomplete_total",
+        "Room broadcasts that some socket's full buffer did not take.",
+        PLAIN,
+    ),
+    counter(
+        "chat_store_unavailable_total",
+        "Redis calls that failed or timed out (cluster mode).",
+        PLAIN,
+    ),
+    counter(
+        "chat_cross_node_emit_failures_total",
+        "Room emits that could not be published to the other nodes (cluster mode; this node's sockets still got them).",
+        PLAIN,
+    ),
+    histogram(
+        "chat_event_duration_seconds",
+        "Time to handle one Socket.IO event, by event.",
+        &[&[("event", EVENTS)]],
+    ),
+];
+
+impl Family {
+    /// The label sets of every series zeroed at start-up.
+    pub fn known_series(&self) -> Vec<Vec<(&'static str, &'static str)>> {
+        self.series
+            .iter()
+            .flat_map(|labels| combinations(labels))
+            .collect()
+    }
+}
+
+/// Every combination of `labels`' values.
+fn combinations(labels: Labels) -> Vec<Vec<(&'static str, &'static str)>> {
+    let mut out = vec![Vec::new()];
+    for &(name, values) in labels {
+        out = out
+            .into_iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |&value| {
+                    let mut set = prefix.clone();
+                    set.push((name, value));
+                    set
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+/// Describes every family and sets each known series to zero.
+fn register_all() {
+    for family in FAMILIES {
+        let name = family.name;
+        match family.kind {
+            Kind::Counter => metrics::describe_counter!(name, family.help),
+            Kind::Gauge => metrics::describe_gauge!(name, family.help),
+            Kind::Histogram => metrics::describe_histogram!(name, family.help),
+        }
+        for series in family.known_series() {
+            let labels: Vec<Label> = series
+                .into_iter()
+                .map(|(k, v)| Label::from_static_parts(k, v))
+                .collect();
+            match family.kind {
+                Kind::Counter => metrics::counter!(name, labels).absolute(0),
+                Kind::Gauge => metrics::gauge!(name, labels).set(0.0),
+                // Registered: exported with zero counts until recorded.
+                Kind::Histogram => drop(metrics::histogram!(name, labels)),
+            }
+        }
+    }
+}
 
 /// The process's recorder; installed once, shared by every server in the process.
 fn handle() -> &'static PrometheusHandle {
@@ -42,12 +322,15 @@ fn handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("another metrics recorder was installed first; /metrics will be empty");
+        } else {
+            register_all();
         }
         handle
     })
 }
 
-/// Installs the recorder, so that counters are recorded from the start.
+/// Installs the recorder and registers every family, so that counters are
+/// recorded from the start and every family is exported before first use.
 pub fn init() {
     handle();
 }
@@ -157,7 +440,9 @@ async fn render(sources: &Sources) -> String {
     }
     let handle = handle();
     handle.run_upkeep();
-    handle.render()
+    let mut text = handle.render();
+    process::render(&mut text);
+    text
 }
 
 async fn scrape(State(sources): State<Sources>) -> impl IntoResponse {

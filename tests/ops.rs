@@ -7,6 +7,12 @@
 //! - The log-leak test: the binary at `RUST_LOG=trace` logs a whole
 //!   conversation without any key, password, ciphertext or plaintext.
 //! - `--version`, `/health`'s `version` and `e2e-chat-server healthcheck`.
+//! - Issue 15: a fresh binary's `/metrics` has every family of the table in
+//!   `src/metrics.rs` with `# HELP`, `# TYPE` and zero values, and the
+//!   process figures; the README's metrics table lists the same families; a
+//!   second SIGTERM exits at once; `--help` lists every setting with its
+//!   default; `check-config` validates and starts nothing; `rust-version` is
+//!   what the dependencies need.
 //!
 //! The metrics recorder is process-global: every test of this binary that
 //! runs a server in process takes [`IN_PROCESS`], and metrics assertions
@@ -14,9 +20,12 @@
 
 mod ops_support;
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use e2e_chat_server::config::SETTINGS;
+use e2e_chat_server::metrics::{Family, Kind, FAMILIES, PROCESS_FAMILIES};
 use e2e_chat_server::{Config, Server};
 use ops_support::*;
 use serde_json::{json, Value};
@@ -319,10 +328,162 @@ fn prometheus_text_parser() {
     );
     assert_eq!(s.value("x_total", &[]), 3.0);
     assert_eq!(s.types["x_total"], "counter");
+    assert_eq!(s.helps["x_total"], "a counter");
     assert_eq!(s.value("y", &[("a", "q\"uote"), ("b", "2")]), 1500.0);
     assert_eq!(s.value("h_bucket", &[("event", "e"), ("le", "+Inf")]), 7.0);
     assert!(s.value("g", &[]).is_nan());
     assert!(!s.has("missing", &[]));
+}
+
+/// The binary on its own ports, ready; returns it with its public and
+/// metrics addresses.
+async fn spawn_ready(name: &str, env: &[(&str, &str)]) -> (ServerProcess, SocketAddr, SocketAddr) {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut cmd = command(name);
+    cmd.env("HOST", "127.0.0.1")
+        .env("PORT", addr.port().to_string())
+        .env("METRICS_ADDR", metrics.to_string())
+        .env("LOG_FORMAT", "json");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut process = ServerProcess::spawn(cmd);
+    wait_ready(addr, &mut process, Duration::from_secs(10)).await;
+    (process, addr, metrics)
+}
+
+/// A fresh binary, before any traffic: every family of the table with its
+/// `# HELP` and `# TYPE`, every known series at zero, nothing that is not in
+/// the table, and the process figures.
+#[tokio::test]
+async fn a_fresh_server_exports_every_family_described_and_zeroed() {
+    let (mut process, _, metrics) = spawn_ready("fresh-metrics", &[("SHUTDOWN_DRAIN_SECS", "0")]).await;
+    let scrape = scrape(metrics).await;
+
+    for family in FAMILIES {
+        let name = family.name;
+        assert_eq!(
+            scrape.helps.get(name).map(String::as_str),
+            Some(family.help),
+            "# HELP of {name}"
+        );
+        assert_eq!(
+            scrape.types.get(name).map(String::as_str),
+            Some(family.kind.as_str()),
+            "# TYPE of {name}"
+        );
+        for labels in family.known_series() {
+            let zero = |name: &str, labels: &[(&str, &str)]| {
+                assert!(
+                    scrape.has(name, labels),
+                    "{} is not exported",
+                    sample_key(name, labels)
+                );
+                assert_eq!(scrape.value(name, labels), 0.0, "{}", sample_key(name, labels));
+            };
+            if family.kind == Kind::Histogram {
+                zero(&format!("{name}_count"), &labels);
+                zero(&format!("{name}_sum"), &labels);
+                let mut inf = labels.clone();
+                inf.push(("le", "+Inf"));
+                zero(&format!("{name}_bucket"), &inf);
+            } else {
+                zero(name, &labels);
+            }
+        }
+    }
+    for mode in ["group", "private", "password"] {
+        assert!(
+            scrape.has("chat_sessions", &[("mode", mode)]),
+            "chat_sessions{{mode={mode}}}"
+        );
+    }
+
+    for family in PROCESS_FAMILIES {
+        let name = family.name;
+        assert_eq!(
+            scrape.helps.get(name).map(String::as_str),
+            Some(family.help),
+            "# HELP of {name}"
+        );
+        assert_eq!(
+            scrape.types.get(name).map(String::as_str),
+            Some(family.kind.as_str()),
+            "# TYPE of {name}"
+        );
+        assert!(scrape.has(name, &[]), "{name} is not exported");
+    }
+    let resident = scrape.value("process_resident_memory_bytes", &[]);
+    assert!(resident > 1_000_000.0, "process_resident_memory_bytes {resident}");
+    assert!(scrape.value("process_virtual_memory_bytes", &[]) >= resident);
+    let open = scrape.value("process_open_fds", &[]);
+    assert!(
+        open >= 3.0 && scrape.value("process_max_fds", &[]) >= open,
+        "file descriptors"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = scrape.value("process_start_time_seconds", &[]);
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&started),
+        "process_start_time_seconds {started}, now {now}"
+    );
+
+    let known: Vec<&str> = FAMILIES.iter().chain(PROCESS_FAMILIES).map(|f| f.name).collect();
+    for name in scrape.types.keys() {
+        assert!(
+            known.contains(&name.as_str()),
+            "{name} is exported but not in the table of src/metrics.rs"
+        );
+    }
+
+    process.sigterm();
+    let status = process
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// README "Operations": the metrics table lists every family, with its type.
+#[test]
+fn the_readme_lists_every_metric_family() {
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split("**Metrics**")
+        .nth(1)
+        .expect("README has a **Metrics** paragraph");
+    let mut listed = BTreeMap::new();
+    for row in table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        for name in cells[1].split('`').skip(1).step_by(2) {
+            let name = name.split('{').next().unwrap().to_owned();
+            listed.insert(name, cells[2].to_owned());
+        }
+    }
+    let families: Vec<&Family> = FAMILIES.iter().chain(PROCESS_FAMILIES).collect();
+    for family in &families {
+        assert_eq!(
+            listed.get(family.name).map(String::as_str),
+            Some(family.kind.as_str()),
+            "README's metrics table: {} ({})",
+            family.name,
+            family.kind.as_str()
+        );
+    }
+    assert_eq!(
+        listed.len(),
+        families.len(),
+        "README lists families the server does not export: {listed:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -487,6 +648,36 @@ async fn binary_ready_then_draining_on_sigterm() {
             "no {expected:?} log line in {messages:?}"
         );
     }
+}
+
+/// During a long drain a second SIGTERM ends the process at once, with
+/// status 130 and a log line that says so.
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let (mut process, addr, _) = spawn_ready("second-signal", &[("SHUTDOWN_DRAIN_SECS", "30")]).await;
+    process.sigterm();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ready = get(addr, "/ready").await.expect("/ready during the drain");
+        if ready.status == 503 {
+            assert_eq!(ready.json(), json!({ "status": "draining" }));
+            break;
+        }
+        assert!(Instant::now() < deadline, "/ready never turned 503 after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = Instant::now();
+    process.sigterm();
+    let status = process.wait_exit(Duration::from_secs(3)).await;
+    let output = process.output_so_far();
+    let status = status.unwrap_or_else(|| panic!("still running 3 s after the second SIGTERM\n{output}"));
+    assert_eq!(status.code(), Some(130), "{output}");
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "exited {:?} after the second signal",
+        second.elapsed()
+    );
+    assert!(output.contains("second signal during shutdown"), "{output}");
 }
 
 // ---------------------------------------------------------------------------
@@ -891,5 +1082,153 @@ async fn healthcheck_subcommand_probes_the_running_server() {
     assert!(
         String::from_utf8_lossy(&down.stderr).contains("unhealthy"),
         "healthcheck says why: {down:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Settings and toolchain
+// ---------------------------------------------------------------------------
+
+/// `--help`: every setting of `SETTINGS`, each followed by its default.
+#[test]
+fn help_lists_every_setting_with_its_default() {
+    let out = command("help").arg("--help").output().expect("run --help");
+    assert!(out.status.success(), "--help: {out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = help.lines().collect();
+    for s in SETTINGS {
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(&format!("{} ", s.name)))
+            .unwrap_or_else(|| panic!("--help does not list {}:\n{help}", s.name));
+        assert!(
+            lines[at].contains(s.help),
+            "--help line of {}: {}",
+            s.name,
+            lines[at]
+        );
+        let default = if s.default.is_empty() { "unset" } else { s.default };
+        assert_eq!(
+            lines.get(at + 1).map(|l| l.trim()),
+            Some(format!("default: {default}").as_str()),
+            "default of {} in --help",
+            s.name
+        );
+    }
+}
+
+/// `check-config` validates the environment and exits: 0 and the effective
+/// settings when valid (a cluster's Redis is not contacted), 2 and the
+/// variable when not; nothing is ever bound.
+#[test]
+fn check_config_validates_and_starts_nothing() {
+    let port = free_port();
+    let check = |name: &str, env: &[(&str, &str)]| {
+        let mut cmd = command(name);
+        cmd.arg("check-config")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let started = std::time::Instant::now();
+        let out = cmd.output().expect("run check-config");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "check-config took {:?}",
+            started.elapsed()
+        );
+        out
+    };
+
+    let ok = check("check-config-ok", &[]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        stdout.contains("settings are valid") && stdout.contains(&format!("PORT={port}")),
+        "{stdout}"
+    );
+
+    // A valid cluster configuration whose Redis does not exist: still 0.
+    let cluster = check("check-config-cluster", &[("REDIS_URL", "redis://127.0.0.1:1")]);
+    assert_eq!(cluster.status.code(), Some(0), "{cluster:?}");
+
+    for (name, value) in [("PORT", "abc"), ("METRICS_ADDR", "9464"), ("LOG_FORMAT", "xml")] {
+        let bad = check("check-config-bad", &[(name, value)]);
+        assert_eq!(bad.status.code(), Some(2), "{name}={value}: {bad:?}");
+        assert!(
+            String::from_utf8_lossy(&bad.stderr).contains(name),
+            "{name}={value}: {bad:?}"
+        );
+    }
+    let bad = check(
+        "check-config-cluster-bad",
+        &[
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("NODE_TIMEOUT_SECS", "3"),
+            ("STORE_TIMEOUT_MS", "2000"),
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("STORE_TIMEOUT_MS"),
+        "{bad:?}"
+    );
+
+    assert!(
+        refuses_connections(([127, 0, 0, 1], port).into()),
+        "something listens on {port}"
+    );
+}
+
+fn version_tuple(v: &str) -> Vec<u64> {
+    let mut parts: Vec<u64> = v
+        .split('.')
+        .map(|p| p.parse().expect("a numeric version"))
+        .collect();
+    parts.resize(3, 0);
+    parts
+}
+
+/// `rust-version` in Cargo.toml (and the README's requirement) is the
+/// highest `rust-version` of the packages the build resolves: socketioxide
+/// 0.18.9's 1.94 today.
+#[test]
+fn rust_version_is_what_the_dependencies_need() {
+    let ours = env!("CARGO_PKG_RUST_VERSION");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata's JSON");
+    let (needed, by) = metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter(|p| p["name"] != env!("CARGO_PKG_NAME"))
+        .filter_map(|p| {
+            Some((
+                version_tuple(p["rust_version"].as_str()?),
+                format!("{} {}", p["name"], p["version"]),
+            ))
+        })
+        .max()
+        .expect("some package declares a rust-version");
+    assert_eq!(
+        version_tuple(ours),
+        needed,
+        "rust-version {ours}, but {by} needs {needed:?}"
+    );
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.contains(&format!("a Rust toolchain ({ours} or newer")),
+        "the README's toolchain requirement is not {ours}"
     );
 }

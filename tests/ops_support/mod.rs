@@ -281,10 +281,12 @@ pub async fn reserve(addr: SocketAddr, session_id: &str, auth_key: &str, mode: &
 pub struct Scrape {
     pub samples: BTreeMap<String, f64>,
     pub types: BTreeMap<String, String>,
+    /// `# HELP` text by family.
+    pub helps: BTreeMap<String, String>,
 }
 
 impl Scrape {
-    /// Parses the text format: `# TYPE` lines, comments, and
+    /// Parses the text format: `# TYPE` and `# HELP` lines, comments, and
     /// `name{label="value",...} value [timestamp]` samples, with the label
     /// value escapes `\\`, `\"` and `\n`.
     pub fn parse(text: &str) -> Self {
@@ -296,10 +298,19 @@ impl Scrape {
             }
             if let Some(rest) = line.strip_prefix('#') {
                 let mut words = rest.split_whitespace();
-                if words.next() == Some("TYPE") {
-                    if let (Some(name), Some(kind)) = (words.next(), words.next()) {
-                        scrape.types.insert(name.to_owned(), kind.to_owned());
+                match words.next() {
+                    Some("TYPE") => {
+                        if let (Some(name), Some(kind)) = (words.next(), words.next()) {
+                            scrape.types.insert(name.to_owned(), kind.to_owned());
+                        }
                     }
+                    Some("HELP") => {
+                        if let Some(name) = words.next() {
+                            let text = words.collect::<Vec<_>>().join(" ");
+                            scrape.helps.insert(name.to_owned(), text);
+                        }
+                    }
+                    _ => {}
                 }
                 continue;
             }

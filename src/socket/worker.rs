@@ -173,7 +173,12 @@ impl<A: Adapter> Worker<A> {
     async fn handle(&mut self, command: Command) {
         let event = command.event();
         if let Err(wait) = self.rate_limit(&command) {
-            return self.rate_limited(event, wait);
+            // An unknown event is named as it came (cut as in UNKNOWN_EVENT).
+            let named = match &command {
+                Command::Unknown(name) => name.as_str(),
+                _ => event,
+            };
+            return self.rate_limited(event, named, wait);
         }
         let result: Result<(), Refusal> = match command {
             Command::Join(p) => self.join(*p).await.map_err(Into::into),
@@ -233,7 +238,7 @@ impl<A: Adapter> Worker<A> {
 
     /// Answers `RATE_LIMITED` with a retry hint; cuts off a socket that keeps
     /// flooding (nothing more is answered to it).
-    fn rate_limited(&mut self, event: &'static str, wait: Duration) {
+    fn rate_limited(&mut self, event: &'static str, named: &str, wait: Duration) {
         metrics::rate_limited("socket", event);
         let b = &mut self.buckets;
         let now = Instant::now();
@@ -253,9 +258,9 @@ impl<A: Adapter> Worker<A> {
         metrics::event_error("RATE_LIMITED");
         let retry_after_ms = wait.as_millis().max(1) as u64;
         let error = json!({
-            "event": event,
+            "event": named,
             "error": "RATE_LIMITED",
-            "message": format!("Too many {event} events; retry in {retry_after_ms} ms."),
+            "message": format!("Too many {named} events; retry in {retry_after_ms} ms."),
             "retryAfterMs": retry_after_ms,
         });
         self.to_self(outgoing::EVENT_ERROR, &error);

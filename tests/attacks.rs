@@ -1490,13 +1490,14 @@ async fn ten_thousand_join_leave_reconnect_cycles_return_to_baseline_and_rss_pla
                         ws.recv("message-sent", WAIT).await.expect("message-sent");
                         ws.abort();
                     }
-                    // Reconnect: the same user from a new socket, then the old one drops.
+                    // Reload: the old socket drops as the same user joins
+                    // from a new one (a live old socket keeps its seat).
                     2 => {
                         let old = Ws::connect(addr).await;
                         join(&old, "calm", "key", &user, false).await;
                         let new = Ws::connect(addr).await;
-                        join(&new, "calm", "key", &user, false).await;
                         old.abort();
+                        join(&new, "calm", "key", &user, false).await;
                         new.emit("typing", json!({"sessionId": "calm", "userId": user}));
                         new.emit("leave-session", json!({"sessionId": "calm", "userId": user}));
                         new.probe("left").await.expect("leave handled");

@@ -163,7 +163,7 @@ launch_server() { # kind, log file; uses $PORT
   case "$kind" in
     rust)
       env HOST=127.0.0.1 PORT="$PORT" CLIENT_URL=http://localhost:5173 \
-        MAX_SOCKETS_PER_IP=0 HANDSHAKE_RATE_PER_IP=0 RESERVE_RATE_PER_IP=0 MAX_SESSIONS_PER_IP=0 \
+        MAX_SOCKETS_PER_IP=0 MAX_CONNECTIONS_PER_IP=0 HANDSHAKE_RATE_PER_IP=0 RESERVE_RATE_PER_IP=0 MAX_SESSIONS_PER_IP=0 \
         SEND_RATE_PER_SOCKET=0 MAX_CONNECTIONS=100000 METRICS_ADDR="127.0.0.1:$((PORT + 1000))" \
         "${PRIO[@]}" taskset -c "$SERVER_CPU" "$RUST_SERVER" >"$log" 2>&1 &
       ;;

@@ -145,12 +145,14 @@ async fn a_socket_that_never_reads_cannot_make_repeated_joins_queue_the_history(
         sleep(Duration::from_secs(1)).await;
         let peak = peak.finish().await;
         // What waits for Mallory is bounded by MAX_BUFFERED_BYTES_PER_SOCKET;
-        // a page of one large message may be in flight besides it.
+        // besides it, a page of one large message in flight is encoded twice
+        // (the event, then its packet) and the allocator keeps freed copies
+        // of such pages for reuse: four large messages at most.
         assert_within(
             &format!("{backend:?}: ten joins that never read"),
             base,
             peak,
-            max_buffered + 2 * LARGE as u64 + store_copies(backend) + SLACK,
+            max_buffered + 4 * LARGE as u64 + store_copies(backend) + SLACK,
         );
         // Reading again, Mallory finds the connection closed behind what
         // was already in flight.

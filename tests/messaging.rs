@@ -258,8 +258,8 @@ async fn repeated_client_message_id_is_relayed_every_time_but_stored_and_confirm
     alice.expect_no_event("message-sent", QUIET).await;
     assert_eq!(server.session("duo").await.unwrap()["messages"], 1);
 
-    let bob_again = server.connect(Transport::WebSocket).await;
-    let joined = join_ok(&bob_again, join_payload("duo:k", "bob", false)).await;
+    // Bob joins again from his socket (the stock client's double join).
+    let joined = join_ok(&bob, join_payload("duo:k", "bob", false)).await;
     assert_eq!(encrypted_of(&joined.history), ["once"]);
 }
 
@@ -309,12 +309,20 @@ async fn plaintext_room(mode: OriginalContent) -> (TestServer, Client, Client) {
     (server, alice, bob)
 }
 
-async fn history_of(server: &TestServer, user: &str) -> Value {
-    let client = server.connect(Transport::WebSocket).await;
-    let first = join_ok(&client, join_payload("room:k", user, false))
-        .await
-        .history;
-    whole_history(&client, first).await
+/// The whole history `user` gets on joining: a member joins again from its
+/// own socket (`member`, as the stock client's double join does; a live
+/// member's seat is not taken by another socket), a newcomer from a new one.
+async fn history_of(server: &TestServer, user: &str, member: Option<&Client>) -> Value {
+    let fresh;
+    let client = match member {
+        Some(client) => client,
+        None => {
+            fresh = server.connect(Transport::WebSocket).await;
+            &fresh
+        }
+    };
+    let first = join_ok(client, join_payload("room:k", user, false)).await.history;
+    whole_history(client, first).await
 }
 
 #[tokio::test]
@@ -330,8 +338,8 @@ async fn echo_mode_returns_plaintext_only_in_the_authors_message_sent() {
         "plaintext relayed: {relayed}"
     );
 
-    let authors_history = history_of(&server, "alice").await;
-    let others_history = history_of(&server, "carol").await;
+    let authors_history = history_of(&server, "alice", Some(&alice)).await;
+    let others_history = history_of(&server, "carol", None).await;
     for history in [&authors_history, &others_history] {
         assert_eq!(encrypted_of(history), ["CIPHER"]);
         assert!(
@@ -355,10 +363,10 @@ async fn author_mode_keeps_plaintext_for_the_authors_history_only() {
         "plaintext relayed: {relayed}"
     );
 
-    let authors_history = history_of(&server, "alice").await;
+    let authors_history = history_of(&server, "alice", Some(&alice)).await;
     assert_eq!(authors_history[0]["originalContent"], "PLAINTEXT-SECRET");
-    for viewer in ["bob", "carol"] {
-        let history = history_of(&server, viewer).await;
+    for (viewer, member) in [("bob", Some(&bob)), ("carol", None)] {
+        let history = history_of(&server, viewer, member).await;
         assert_eq!(encrypted_of(&history), ["CIPHER"]);
         assert!(
             !history.to_string().contains("PLAINTEXT-SECRET"),
@@ -377,8 +385,8 @@ async fn drop_mode_never_echoes_or_stores_plaintext() {
     );
     let relayed = bob.recv("new-message").await;
     assert!(relayed.get("originalContent").is_none(), "{relayed}");
-    for viewer in ["alice", "carol"] {
-        let history = history_of(&server, viewer).await;
+    for (viewer, member) in [("alice", Some(&alice)), ("carol", None)] {
+        let history = history_of(&server, viewer, member).await;
         assert!(!history.to_string().contains("PLAINTEXT-SECRET"), "{history}");
     }
 }
@@ -427,13 +435,13 @@ async fn late_joiner_sees_only_messages_addressed_to_them() {
     );
     carol.recv("message-sent").await;
 
-    let dave = history_of(&server, "dave").await;
+    let dave = history_of(&server, "dave", None).await;
     assert_eq!(
         encrypted_of(&dave),
         ["m1 alice to everyone", "m4 alice to all", "m6 carol to everyone"]
     );
 
-    let bob_again = history_of(&server, "bob").await;
+    let bob_again = history_of(&server, "bob", Some(bob)).await;
     assert_eq!(
         encrypted_of(&bob_again),
         [
@@ -444,7 +452,7 @@ async fn late_joiner_sees_only_messages_addressed_to_them() {
             "m6 carol to everyone"
         ]
     );
-    let alice_again = history_of(&server, "alice").await;
+    let alice_again = history_of(&server, "alice", Some(alice)).await;
     assert_eq!(
         encrypted_of(&alice_again),
         [
@@ -478,7 +486,7 @@ async fn history_keeps_only_the_newest_messages_within_the_count_bound() {
     }
     room[1].recv_many("new-message", 5, TIMEOUT).await;
     assert_eq!(
-        encrypted_of(&history_of(&server, "carol").await),
+        encrypted_of(&history_of(&server, "carol", None).await),
         ["m3", "m4", "m5"]
     );
     assert_eq!(server.session("room").await.unwrap()["messages"], 3);
@@ -497,7 +505,7 @@ async fn history_keeps_only_the_newest_messages_within_the_byte_bound() {
         room[0].emit("send-message", message("room", "alice", None, text));
     }
     room[1].recv_many("new-message", 10, TIMEOUT).await;
-    let kept = encrypted_of(&history_of(&server, "carol").await);
+    let kept = encrypted_of(&history_of(&server, "carol", None).await);
     assert!(
         !kept.is_empty() && kept.len() < 10,
         "{} messages kept",
@@ -546,7 +554,7 @@ async fn assert_order_holds(sender_transport: Transport, receiver_transports: &[
             receiver.transport()
         );
     }
-    let history = encrypted_of(&history_of(&server, "late").await);
+    let history = encrypted_of(&history_of(&server, "late", None).await);
     assert!(!history.is_empty());
     assert_eq!(
         history[..],

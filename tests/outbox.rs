@@ -51,17 +51,16 @@ async fn a_websocket_outbox_drains_as_the_client_reads_and_stays_high_while_it_d
             .expect("the socket's outbox")
     };
     let (reading, stalled) = (outbox(&reader), outbox(&stopped));
-    assert_eq!(
-        (reading.pending(), stalled.pending()),
-        (0, 0),
-        "nothing counted as queued yet"
-    );
+    // The joins' answers were counted and written: nothing stays pending.
+    for (what, outbox) in [("reader", &reading), ("stopped", &stalled)] {
+        timeout(WAIT, outbox.drained_to(0))
+            .await
+            .unwrap_or_else(|_| panic!("the {what}'s outbox stayed at {} after its join", outbox.pending()));
+    }
 
     stopped.stop_reading();
-    // What the relay is to do for each emit: count it as queued first (its
-    // ciphertext; the packet is a little larger, so credits reach zero).
-    reading.queued(K * MIB);
-    stalled.queued(K * MIB);
+    // The relay counts each emit as queued (its packet's bytes, at least
+    // the ciphertext), the connection credits what it writes.
     let texts = send_large(&sender, "out", "sender", K, MIB);
     for text in &texts {
         recv_message(&reader, text, WAIT)
@@ -135,8 +134,6 @@ async fn a_polling_outbox_drains_as_the_client_polls_and_stays_high_while_it_doe
     let reading = server.outbox(&reader.sid).expect("the reader's outbox");
     let stalled = server.outbox(&idle.sid).expect("the idle poller's outbox");
 
-    reading.queued(K * MIB);
-    stalled.queued(K * MIB);
     let texts = send_large(&sender, "outp", "sender", K, MIB);
     let got = poll_until_all(&reader, &texts).await;
     timeout(Duration::from_secs(2), reading.drained_to(0))
@@ -144,10 +141,10 @@ async fn a_polling_outbox_drains_as_the_client_polls_and_stays_high_while_it_doe
         .unwrap_or_else(|_| panic!("the poller's outbox stayed at {}", reading.pending()));
     // A client that does not poll is written nothing.
     sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        stalled.pending(),
-        K * MIB,
-        "nothing was written to the client that stopped polling"
+    let held = stalled.pending();
+    assert!(
+        (K * MIB..K * MIB + 4096).contains(&held),
+        "nothing was written to the client that stopped polling: {held} pending"
     );
     poll_until_all(&idle, &texts).await;
     timeout(Duration::from_secs(2), stalled.drained_to(0))

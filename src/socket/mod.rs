@@ -3,7 +3,7 @@
 //! single node, [`ClusterAdapter`] over Redis.
 //!
 //! - [`queue`]: decodes each packet as it arrives, in order, into a [`queue::Command`].
-//! - [`worker`]: one task per socket: binding, rate limits, flood cut-off.
+//! - [`worker`]: one socket's state (binding, rate limits, flood cut-off), run by its mailbox.
 //! - [`handlers`]: one method per client event.
 //! - [`validate`]: payloads ([`payloads`]) to store requests, pure.
 //! - [`relay`]: who gets what, on this node or any other.
@@ -25,7 +25,6 @@ use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide::extract::{SocketRef, State};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
-use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, OriginalContent};
@@ -35,7 +34,7 @@ use crate::limits::{IpCounter, IpLimiter, Rate};
 use crate::quota::{FailureBudget, SessionQuota};
 use crate::store::redis::driver::ManagedDriver;
 use crate::store::Store;
-use queue::{Command, Dispatch, QUEUE_CAPACITY};
+use queue::{Command, Dispatch, Mailbox};
 use relay::{conn_room, Relay};
 use worker::Worker;
 
@@ -193,24 +192,20 @@ async fn register_handlers<A: Adapter>(
     if app.cluster {
         socket.join(conn_room(&ConnId::new(socket.id.to_string())));
     }
-    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    socket.on_fallback(Dispatch { tx: tx.clone() });
-    socket.on_disconnect(move || async move {
-        // Waits for room in the queue: the disconnect is handled after every
-        // event that arrived before it.
-        let _ = tx.send(Command::Disconnect).await;
-    });
+    // The worker gives the socket's place in `sockets_per_ip` back when it
+    // is dropped.
     let worker = Worker::new(
-        socket,
+        socket.clone(),
         Relay::bounded(io, app.cluster, app.max_buffered_bytes),
         app.clone(),
     );
-    let workers = app.workers.clone();
-    workers.spawn(async move {
-        worker.run(rx).await;
-        if let Some(ip) = ip {
-            app.sockets_per_ip.remove(ip);
-        }
+    let mailbox = Mailbox::new(worker, app.workers.clone());
+    socket.on_fallback(Dispatch {
+        mailbox: mailbox.clone(),
+    });
+    socket.on_disconnect(move || async move {
+        // Always taken, after every event that arrived before it.
+        mailbox.push(Command::Disconnect);
     });
     Ok(())
 }

@@ -325,10 +325,13 @@ pub fn encode<T: Serialize + ?Sized>(event: &str, data: &T) -> Option<Box<RawVal
         .ok()
 }
 
-/// The bytes an event takes on the wire: `42["<event>",<data>]` and a
-/// WebSocket frame header, about (the header is 2 to 10 bytes).
+/// The bytes an event takes on the wire, at least: `42["<event>",<data>]`
+/// (a WebSocket frame adds a header of 2 to 10 bytes, a polling answer a
+/// separator). Never more than what is written, so that the credits of
+/// what was written bring an outbox back to zero instead of leaving a
+/// remainder per packet that would build up over a connection's life.
 pub fn packet_size(event: &str, data: usize) -> usize {
-    data + event.len() + 16
+    data + event.len() + 7
 }
 
 /// The count of bytes waiting to be written to `socket`'s client (kept by
@@ -397,5 +400,17 @@ pub fn cut_off<A: Adapter>(socket: &SocketRef<A>) {
     }
     if let Some(cutoff) = cutoff {
         cutoff.cut();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packet_is_counted_as_the_bytes_of_its_engine_io_message() {
+        let data = r#"{"encrypted":"x","id":"m1"}"#;
+        let wire = format!(r#"42["{}",{data}]"#, outgoing::NEW_MESSAGE);
+        assert_eq!(packet_size(outgoing::NEW_MESSAGE, data.len()), wire.len());
     }
 }

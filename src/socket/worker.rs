@@ -1,4 +1,5 @@
-//! One task per socket that handles its events in arrival order.
+//! The state of one socket, and how it handles its events in arrival order
+//! (run by its [`super::queue::Mailbox`], no task of its own).
 //!
 //! The worker owns the socket's state: its binding (the session and user it
 //! joined as), its token buckets and its flood count. It takes each
@@ -14,7 +15,6 @@ use serde::Serialize;
 use serde_json::json;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::events::{incoming, internal, outgoing};
@@ -89,6 +89,18 @@ pub struct Worker<A: Adapter> {
     /// What history this socket may still be sent this minute.
     pub(super) replay_budget: std::sync::Arc<super::replay::ReplayBudget>,
     buckets: Buckets,
+    /// socketioxide marked the socket connected (see `wait_until_connected`).
+    connected: bool,
+}
+
+/// The socket's place in the per-address socket count is given back with
+/// its worker: after its disconnect was handled, or with the socket.
+impl<A: Adapter> Drop for Worker<A> {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            self.app.sockets_per_ip.remove(ip);
+        }
+    }
 }
 
 impl<A: Adapter> Worker<A> {
@@ -120,37 +132,33 @@ impl<A: Adapter> Worker<A> {
             replay: None,
             replay_budget,
             buckets,
+            connected: false,
         }
     }
 
-    /// Handles commands until the socket's disconnect has been handled.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut connected = false;
-        while let Some(command) = rx.recv().await {
-            let last = matches!(command, Command::Disconnect);
-            if !connected && !last {
-                if !self.wait_until_connected().await {
-                    return;
-                }
-                connected = true;
+    /// Handles one command of the socket's queue; `false` once the worker is
+    /// done with the socket (its disconnect was handled, or it never
+    /// finished connecting).
+    pub async fn handle_command(&mut self, command: Command) -> bool {
+        let last = matches!(command, Command::Disconnect);
+        if !self.connected && !last {
+            if !self.wait_until_connected().await {
+                return false;
             }
-            let event = command.event();
-            let started = Instant::now();
-            // A bug in one handler must not end this socket's worker (its
-            // queue would fill up) or take anything else down.
-            // Boxed: an idle worker then holds only this loop, not the
-            // largest handler's state, for the whole life of its socket.
-            let handled = AssertUnwindSafe(Box::pin(self.handle(command)))
-                .catch_unwind()
-                .await;
-            if handled.is_err() {
-                tracing::error!(sid = %self.conn, event, "event handler panicked");
-            }
-            metrics::event_handled(event, started.elapsed());
-            if last {
-                break;
-            }
+            self.connected = true;
         }
+        let event = command.event();
+        let started = Instant::now();
+        // A bug in one handler must not end this socket's worker (its
+        // queue would fill up) or take anything else down.
+        let handled = AssertUnwindSafe(Box::pin(self.handle(command)))
+            .catch_unwind()
+            .await;
+        if handled.is_err() {
+            tracing::error!(sid = %self.conn, event, "event handler panicked");
+        }
+        metrics::event_handled(event, started.elapsed());
+        !last
     }
 
     /// socketioxide sends the connect packet *before* it marks the socket

@@ -53,9 +53,12 @@ async fn a_websocket_outbox_drains_as_the_client_reads_and_stays_high_while_it_d
     let (reading, stalled) = (outbox(&reader), outbox(&stopped));
     // The joins' answers were counted and written: nothing stays pending.
     for (what, outbox) in [("reader", &reading), ("stopped", &stalled)] {
-        timeout(WAIT, outbox.drained_to(0))
-            .await
-            .unwrap_or_else(|_| panic!("the {what}'s outbox stayed at {} after its join", outbox.pending()));
+        timeout(WAIT, outbox.drained_to(0)).await.unwrap_or_else(|_| {
+            panic!(
+                "the {what}'s outbox stayed at {} after its join",
+                outbox.pending()
+            )
+        });
     }
 
     stopped.stop_reading();

@@ -118,23 +118,16 @@ const EVENTS: &[&str] = &[
     incoming::STOPPED_TYPING,
     incoming::LEAVE_SESSION,
     internal::UNKNOWN,
+    // Last: not sent by a client (see RATE_LIMITED_EVENTS).
     internal::DISCONNECT,
 ];
 
-/// The events with a per-socket rate limit.
-const RATE_LIMITED_EVENTS: &[&str] = &[
-    incoming::JOIN_SESSION,
-    incoming::SEND_MESSAGE,
-    incoming::GET_PUBLIC_KEYS,
-    incoming::SAVE_PUBLIC_KEY,
-    incoming::SET_SESSION_KEY,
-    incoming::FILE_DOWNLOADED,
-    incoming::TYPING,
-    incoming::STOPPED_TYPING,
-    incoming::LEAVE_SESSION,
-    internal::UNKNOWN,
-];
-
+/// The events with a per-socket rate limit: every one a client sends
+/// (all of [`EVENTS`] but the disconnect, which is last).
+const RATE_LIMITED_EVENTS: &[&str] = match EVENTS.split_last() {
+    Some((_, sent_by_clients)) => sent_by_clients,
+    None => &[],
+};
 /// The codes of `session-error` (`JoinError::code`).
 const SESSION_ERROR_CODES: &[&str] = &[
     "INVALID_PAYLOAD",

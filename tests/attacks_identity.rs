@@ -180,6 +180,17 @@ fn password_join(user: &str, guess_b64: &str) -> Value {
     json!({"sessionId": format!("pw:password:{guess_b64}"), "userId": user, "publicKey": format!("pk-{user}")})
 }
 
+/// A socket from 127.0.0.1 that sent `n` wrong passwords for `pw`, each
+/// refused `INVALID_PASSWORD`.
+async fn wrong_guesses(addr: std::net::SocketAddr, n: usize) -> Ws {
+    let guesser = Ws::connect(addr).await;
+    for i in 0..n {
+        guesser.emit("join-session", password_join("mallory", &format!("Z3Vlc3M{i}")));
+        expect_session_error(&guesser, "INVALID_PASSWORD").await;
+    }
+    guesser
+}
+
 #[tokio::test]
 async fn password_guessing_from_one_address_is_slowed_and_others_still_get_in() {
     let _serial = serial().await;
@@ -191,11 +202,7 @@ async fn password_guessing_from_one_address_is_slowed_and_others_still_get_in() 
         .await;
         let addr = server.addr();
         let _alice = password_room(addr).await;
-        let guesser = Ws::connect(addr).await;
-        for i in 0..5 {
-            guesser.emit("join-session", password_join("mallory", &format!("Z3Vlc3M{i}")));
-            expect_session_error(&guesser, "INVALID_PASSWORD").await;
-        }
+        let guesser = wrong_guesses(addr, 5).await;
         // Spent: even the right password waits, with a hint of how long.
         guesser.emit("join-session", password_join("mallory", "c2VjcmV0"));
         let limited = expect_session_error(&guesser, "RATE_LIMITED").await;
@@ -226,11 +233,7 @@ async fn a_sessions_failure_budget_stops_guessing_from_every_address() {
         .await;
         let addr = server.addr();
         let _alice = password_room(addr).await;
-        let guesser = Ws::connect(addr).await;
-        for i in 0..3 {
-            guesser.emit("join-session", password_join("mallory", &format!("Z3Vlc3M{i}")));
-            expect_session_error(&guesser, "INVALID_PASSWORD").await;
-        }
+        let _guesser = wrong_guesses(addr, 3).await;
         // From another address, the session's budget is spent too: its
         // password is not checked for the rest of the minute.
         let other = SioClient::connect_from(BYSTANDER, addr).await;

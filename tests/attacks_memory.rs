@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::time::{sleep, Instant};
 
 /// Allowance for the allocator and the runtime growing their pools.
-const SLACK: u64 = 16 * MIB;
+const SLACK: u64 = 24 * MIB;
 /// Size of each large message in the history cases.
 const LARGE: usize = 5_000_000;
 

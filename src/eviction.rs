@@ -60,18 +60,7 @@ mod tests {
     use crate::store::{JoinRequest, Limits};
 
     fn store() -> Store {
-        Store::new(Limits {
-            max_sessions: 100,
-            max_group_members: 10,
-            max_history_messages: 10,
-            max_history_bytes: 1 << 20,
-            max_total_history_bytes: 1 << 30,
-            idle_timeout: Duration::from_secs(1800),
-            member_timeout: Duration::from_secs(7200),
-            history_page_bytes: 1 << 14,
-            auth_failures_per_session_per_min: 0,
-            password_kdf: crate::domain::secret::KdfCost::CHEAPEST,
-        })
+        Store::new(Limits::for_tests())
     }
 
     fn creator_join(store: &Store, id: &str, conn: &str) {

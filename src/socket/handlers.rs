@@ -234,7 +234,6 @@ impl<A: Adapter> Worker<A> {
                 cursor,
                 budget,
                 stall_timeout: self.app.stall_timeout,
-                max_buffered: self.app.max_buffered_bytes,
             };
             self.replay = Some(replay::start(self.socket.clone(), self.relay.clone(), job));
         }

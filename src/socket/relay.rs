@@ -207,19 +207,13 @@ impl<A: Adapter> Relay<A> {
 
     /// Emits to `socket` (one of this node's) and returns the bytes queued:
     /// serialized once, counted in the socket's outgoing bytes, and a socket
-    /// past `max_buffered` is cut off as a slow consumer.
-    pub fn to_socket<T: Serialize + ?Sized>(
-        &self,
-        socket: &SocketRef<A>,
-        event: &str,
-        data: &T,
-        max_buffered: usize,
-    ) -> usize {
+    /// past this relay's bound is cut off as a slow consumer.
+    pub fn to_socket<T: Serialize + ?Sized>(&self, socket: &SocketRef<A>, event: &str, data: &T) -> usize {
         let Some(raw) = encode(event, data) else { return 0 };
         let size = packet_size(event, raw.get().len());
         metrics::bytes_out(raw.get().len());
         match socket.emit(event, &*raw) {
-            Ok(()) => queued(socket, event, size, max_buffered),
+            Ok(()) => queued(socket, event, size, self.max_buffered),
             Err(e) => emit_failed(socket, event, e),
         }
         size

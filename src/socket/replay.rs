@@ -111,7 +111,6 @@ pub(super) struct ReplayJob {
     pub budget: Arc<ReplayBudget>,
     /// How long a socket may take to write what was queued for it.
     pub stall_timeout: Duration,
-    pub max_buffered: usize,
 }
 
 /// Starts the replay of the pages after the first; abort the handle to stop it.
@@ -142,7 +141,6 @@ async fn run<A: Adapter>(socket: SocketRef<A>, relay: Relay<A>, mut job: ReplayJ
                 &socket,
                 outgoing::MESSAGES_HISTORY,
                 &views(&page.messages, &b.user),
-                job.max_buffered,
             );
             job.budget.spend(sent);
         }

@@ -354,8 +354,7 @@ impl<A: Adapter> Worker<A> {
     /// Emits to this socket; returns the bytes queued. A socket whose
     /// outgoing bytes pass `MAX_BUFFERED_BYTES_PER_SOCKET` is cut off.
     pub(super) fn to_self<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> usize {
-        self.relay
-            .to_socket(&self.socket, event, data, self.app.max_buffered_bytes)
+        self.relay.to_socket(&self.socket, event, data)
     }
 
     /// Stops the history replay under way, if any.

@@ -41,6 +41,25 @@ pub struct Limits {
     pub history_page_bytes: usize,
 }
 
+#[cfg(test)]
+impl Limits {
+    /// Roomy bounds for unit tests, with the cheapest password derivation.
+    pub fn for_tests() -> Self {
+        Self {
+            max_sessions: 100,
+            max_group_members: 10,
+            max_history_messages: 10,
+            max_history_bytes: 1 << 20,
+            max_total_history_bytes: 1 << 30,
+            idle_timeout: Duration::from_secs(1800),
+            member_timeout: Duration::from_secs(7200),
+            history_page_bytes: 1 << 14,
+            auth_failures_per_session_per_min: 0,
+            password_kdf: crate::domain::secret::KdfCost::CHEAPEST,
+        }
+    }
+}
+
 /// A `join-session` after its payload was parsed.
 #[derive(Debug, Clone)]
 pub struct JoinRequest {

@@ -126,7 +126,7 @@ def build(work, mode, command):
     t = Table("target", "Rust", "Node", "Rust/Node", "goal", "met")
     target_row(t, f"sustainable deliveries/s, {pop(m5r or m5n)} (max)",
                get(m5r, "sustainable_deliveries_per_s"), get(m5n, "sustainable_deliveries_per_s"),
-               "≥ 3×", True, 3.0)
+               "≥ 5×", True, 5.0)
     target_row(t, f"sustainable deliveries/s, {pop(m50r or m50n)} (max)",
                get(m50r, "sustainable_deliveries_per_s"), get(m50n, "sustainable_deliveries_per_s"),
                "≥ 3×", True, 3.0)
@@ -134,7 +134,7 @@ def build(work, mode, command):
                get(fr, "result", "latency", "p99_ms"), get(fn, "result", "latency", "p99_ms"),
                "≤ 0.3×", False, 0.3, 2, " ms")
     target_row(t, f"join storm joins/s to {fmt(get(ir or inn, 'connections'))} connections (idle)",
-               get(ir, "storm", "joins_per_s"), get(inn, "storm", "joins_per_s"), "≥ 3×", True, 3.0)
+               get(ir, "storm", "joins_per_s"), get(inn, "storm", "joins_per_s"), "≥ 5×", True, 5.0)
     target_row(t, f"RSS per idle joined connection at {fmt(get(ir or inn, 'connections'))} (idle)",
                get(ir, "rss_per_connection_kib"), get(inn, "rss_per_connection_kib"),
                "≤ 1.0×", False, 1.0, 1, " KiB")

@@ -35,7 +35,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use axum::response::IntoResponse;
 use axum::{Json, Router};
 use engineioxide::service::NotFoundService;
@@ -56,19 +56,10 @@ use crate::limits::{IpCounter, IpLimiter};
 /// The path socketioxide serves.
 pub const SOCKET_IO_PATH: &str = "/socket.io";
 
-/// Headers the Engine.IO engine reads; every other header is dropped from
-/// Socket.IO requests.
-const ENGINE_HEADERS: [HeaderName; 9] = [
-    header::HOST,
-    header::ORIGIN,
-    header::CONNECTION,
-    header::UPGRADE,
-    header::SEC_WEBSOCKET_KEY,
-    header::SEC_WEBSOCKET_VERSION,
-    header::SEC_WEBSOCKET_PROTOCOL,
-    header::CONTENT_TYPE,
-    header::CONTENT_LENGTH,
-];
+/// The only headers engineioxide reads (a WebSocket upgrade's key, a polling
+/// POST's type); every other header is dropped from Socket.IO requests,
+/// which the engine keeps for the socket's life.
+const ENGINE_HEADERS: [HeaderName; 2] = [header::SEC_WEBSOCKET_KEY, header::CONTENT_TYPE];
 
 /// The client's IP, as the API handlers and the Socket.IO connect
 /// middleware see it (a request extension).
@@ -297,13 +288,17 @@ fn lean_request<B>(req: Request<B>, ip: ClientIp, cutoff: Option<CutOff>) -> Req
     *lean.method_mut() = parts.method.clone();
     *lean.uri_mut() = uri;
     *lean.version_mut() = parts.version;
-    for name in ENGINE_HEADERS {
-        if let Some(value) = parts.headers.get(&name) {
-            if let Ok(copy) = HeaderValue::from_bytes(value.as_bytes()) {
-                lean.headers_mut().insert(name, copy);
-            }
-        }
-    }
+    let kept: Vec<_> = ENGINE_HEADERS
+        .into_iter()
+        .filter_map(|name| {
+            let value = parts.headers.get(&name)?;
+            Some((name, HeaderValue::from_bytes(value.as_bytes()).ok()?))
+        })
+        .collect();
+    // Sized to fit: a map grown by its first insert holds room for six.
+    let mut headers = HeaderMap::with_capacity(kept.len());
+    headers.extend(kept);
+    *lean.headers_mut() = headers;
     if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
         lean.extensions_mut().insert(upgrade);
     }

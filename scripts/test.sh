@@ -2,7 +2,8 @@
 # Runs every test suite of the project on a fresh machine:
 #   1. installs what the tests need when it is missing (Debian's chromium and
 #      redis-server, npm packages), or says exactly what is missing;
-#   2. builds the release binary exactly as the Dockerfile does;
+#   2. checks the formatting (cargo fmt --check, the fuzz crate included) and
+#      builds the release binary exactly as the Dockerfile does;
 #   3. Rust unit and integration tests (cargo test), and a check that the
 #      fuzz targets still build;
 #   4. the wire-compatibility suite with socket.io-client 4.8 (node --test),
@@ -45,6 +46,13 @@ fi
 redis_major=$(redis-server --version | sed -n 's/.* v=\([0-9][0-9]*\)\..*/\1/p')
 [ "${redis_major:-0}" -ge 7 ] || {
   echo "redis-server is too old ($(redis-server --version)); the multi-node suite needs Redis >= 7" >&2; exit 1; }
+
+# --- formatting ----------------------------------------------------------------
+say "formatting (cargo fmt --check; the fuzz crate is outside the workspace)"
+cargo fmt --version >/dev/null 2>&1 || {
+  echo "missing: rustfmt (install it with: rustup component add rustfmt)" >&2; exit 1; }
+cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
 
 # --- build ---------------------------------------------------------------------
 say "building the release binary (the Dockerfile's build step)"

@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok((sender, notice)) = download_notice(p, &user) else {
         return;
     };
-    assert!(notice.file_name.len() <= MAX_FILE_NAME_LEN, "an oversized file name passed validation");
+    assert!(
+        notice.file_name.len() <= MAX_FILE_NAME_LEN,
+        "an oversized file name passed validation"
+    );
     assert!(!notice.downloaded_by.is_empty(), "a notice without a downloader");
     let store = seeded();
     let result = store.download_target(&session, &user, &c, &sender);

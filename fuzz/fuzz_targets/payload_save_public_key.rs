@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok((key, name)) = public_key_request(p) else {
         return;
     };
-    assert!(key.get().len() <= MAX_PUBLIC_KEY_BYTES, "an oversized key passed validation");
+    assert!(
+        key.get().len() <= MAX_PUBLIC_KEY_BYTES,
+        "an oversized key passed validation"
+    );
     let store = seeded();
     let result = store.save_public_key(&session, &user, &c, key.clone(), name);
     check(&store);

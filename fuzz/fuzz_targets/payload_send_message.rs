@@ -26,14 +26,21 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let keep = selector & 0x80 != 0;
-    let policy = if keep { OriginalContent::Author } else { OriginalContent::Echo };
+    let policy = if keep {
+        OriginalContent::Author
+    } else {
+        OriginalContent::Echo
+    };
     let to = p.to.clone();
     let client_message_id = p.client_message_id.clone();
     let Ok(req) = send_request(p, policy) else {
         return;
     };
     let m = &req.message;
-    assert!(!e2e_chat_server::domain::raw::is_null(&m.encrypted), "a message without ciphertext passed validation");
+    assert!(
+        !e2e_chat_server::domain::raw::is_null(&m.encrypted),
+        "a message without ciphertext passed validation"
+    );
     assert!(m.kind.as_ref().is_none_or(|t| t.len() <= MAX_TYPE_LEN));
     assert!(m
         .client_message_id

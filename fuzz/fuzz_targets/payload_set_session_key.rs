@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
         "a non-string wrapped key passed validation"
     );
     assert!(keys.raw().get().len() <= MAX_WRAPPED_KEYS_BYTES);
-    assert_eq!(keys.len(), tree.as_object().map_or(0, |o| o.len()).max(keys.len()));
+    assert_eq!(
+        keys.len(),
+        tree.as_object().map_or(0, |o| o.len()).max(keys.len())
+    );
     let (user, c) = speaker(selector);
     let store = seeded();
     let result = store.set_session_key(&session, &user, &c, keys.clone());

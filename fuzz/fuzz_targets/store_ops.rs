@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use e2e_chat_server::store::{JoinKind, JoinRequest, NewMessage};
-use e2e_chat_server::store::MemoryStore as Store;
 use e2e_chat_server::domain::raw::{raw, raw_string};
 use e2e_chat_server::domain::{ChatMode, ConnId, SessionId, UserId, WrappedKeys};
+use e2e_chat_server::store::MemoryStore as Store;
+use e2e_chat_server::store::{JoinKind, JoinRequest, NewMessage};
 use e2e_chat_server_fuzz::{check, conn, limits, new_password, sid, uid};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
@@ -138,14 +138,12 @@ fn run(ops: Vec<Op>) {
         seq += 1;
         match op {
             Op::Reserve { s, key, mode } => {
-                let _ = ctx
-                    .store
-                    .reserve(
-                        sid(pick(&SESSIONS, s)),
-                        pick(&KEYS, key),
-                        pick(&MODES, mode),
-                        new_password(pick(&MODES, mode), pick(&KEYS, key), limits().password_kdf),
-                    );
+                let _ = ctx.store.reserve(
+                    sid(pick(&SESSIONS, s)),
+                    pick(&KEYS, key),
+                    pick(&MODES, mode),
+                    new_password(pick(&MODES, mode), pick(&KEYS, key), limits().password_kdf),
+                );
             }
             Op::Join {
                 s,

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use e2e_chat_server::store::{JoinRequest, Limits, MemoryStore as Store};
 use e2e_chat_server::domain::{ChatMode, ConnId, SessionId, UserId};
+use e2e_chat_server::store::{JoinRequest, Limits, MemoryStore as Store};
 
 /// Small bounds, so that the fuzzer reaches them quickly.
 pub use e2e_chat_server::store::password::new_password;

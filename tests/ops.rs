@@ -361,7 +361,7 @@ async fn a_fresh_server_exports_every_family_described_and_zeroed() {
     let (mut process, _, metrics) = spawn_ready("fresh-metrics", &[("SHUTDOWN_DRAIN_SECS", "0")]).await;
     let scrape = scrape(metrics).await;
 
-    for family in FAMILIES {
+    let described = |family: &Family| {
         let name = family.name;
         assert_eq!(
             scrape.helps.get(name).map(String::as_str),
@@ -373,6 +373,10 @@ async fn a_fresh_server_exports_every_family_described_and_zeroed() {
             Some(family.kind.as_str()),
             "# TYPE of {name}"
         );
+    };
+    for family in FAMILIES {
+        let name = family.name;
+        described(family);
         for labels in family.known_series() {
             let zero = |name: &str, labels: &[(&str, &str)]| {
                 assert!(
@@ -402,16 +406,7 @@ async fn a_fresh_server_exports_every_family_described_and_zeroed() {
 
     for family in PROCESS_FAMILIES {
         let name = family.name;
-        assert_eq!(
-            scrape.helps.get(name).map(String::as_str),
-            Some(family.help),
-            "# HELP of {name}"
-        );
-        assert_eq!(
-            scrape.types.get(name).map(String::as_str),
-            Some(family.kind.as_str()),
-            "# TYPE of {name}"
-        );
+        described(family);
         assert!(scrape.has(name, &[]), "{name} is not exported");
     }
     let resident = scrape.value("process_resident_memory_bytes", &[]);

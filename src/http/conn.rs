@@ -247,6 +247,16 @@ impl CuttableStream {
     fn inner(&mut self) -> Pin<&mut TcpStream> {
         Pin::new(self.inner.as_mut().expect("taken only when dropped"))
     }
+
+    /// Passes a write's outcome on, after crediting the bytes it wrote.
+    fn credit(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = written {
+            if n > 0 {
+                self.switch.wrote(n);
+            }
+        }
+        written
+    }
 }
 
 impl Drop for CuttableStream {
@@ -310,12 +320,7 @@ impl AsyncWrite for CuttableStream {
             return Poll::Ready(Err(e));
         }
         let written = self.inner().poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            if n > 0 {
-                self.switch.wrote(n);
-            }
-        }
-        written
+        self.credit(written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -338,12 +343,7 @@ impl AsyncWrite for CuttableStream {
             return Poll::Ready(Err(e));
         }
         let written = self.inner().poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = written {
-            if n > 0 {
-                self.switch.wrote(n);
-            }
-        }
-        written
+        self.credit(written)
     }
 
     fn is_write_vectored(&self) -> bool {

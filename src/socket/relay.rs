@@ -8,8 +8,6 @@
 //! in a room of its own (`c:<socket id>`) that the Redis adapter reaches on
 //! every node (docs/PROTOCOL.md, "Facts about the stack", point 5).
 
-use std::sync::Arc;
-
 use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
@@ -330,12 +328,12 @@ pub fn packet_size(event: &str, data: usize) -> usize {
 
 /// The count of bytes waiting to be written to `socket`'s client (kept by
 /// the HTTP layer, which credits what it writes; see `crate::http::outbox`).
-fn outbox<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<Outbox>> {
+fn outbox<A: Adapter>(socket: &SocketRef<A>) -> Option<&Outbox> {
     socket
         .req_parts()
         .extensions
         .get::<CutOff>()
-        .map(|c| c.outbox().clone())
+        .map(|c| &**c.outbox())
 }
 
 /// Whether `socket`'s client was heard from at `since` or later.

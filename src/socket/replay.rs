@@ -18,7 +18,7 @@
 //! socket leaves, joins again (the new join's replay supersedes it), is no
 //! longer the member's socket, or closes.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use socketioxide::adapter::Adapter;
@@ -56,14 +56,19 @@ impl ReplayBudget {
         })
     }
 
-    /// Tokens now (may be negative).
-    fn tokens(&self) -> f64 {
+    /// The state, refilled up to now: tokens (may be negative) and when.
+    fn refilled(&self) -> MutexGuard<'_, (f64, Instant)> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(state.1).as_secs_f64();
         state.0 = (state.0 + elapsed * self.per_sec).min(self.capacity);
         state.1 = now;
-        state.0
+        state
+    }
+
+    /// Tokens now (may be negative).
+    fn tokens(&self) -> f64 {
+        self.refilled().0
     }
 
     /// Whether a page may be sent now.
@@ -72,9 +77,7 @@ impl ReplayBudget {
     }
 
     pub fn spend(&self, bytes: usize) {
-        self.tokens();
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.0 -= bytes as f64;
+        self.refilled().0 -= bytes as f64;
     }
 
     /// Waits until a page may be sent.

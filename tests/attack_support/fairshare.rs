@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::attack_support::{join_payload, message, Polling, PROMPT, WAIT};
+use crate::attack_support::{dechunk, join_payload, message, write_request, Polling, PROMPT, WAIT};
 
 /// Where every attack comes from.
 pub const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
@@ -99,19 +99,7 @@ pub async fn request_on(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Answer, String> {
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream
-        .write_all(head.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = stream.write_all(body).await;
+    write_request(stream, method, path, "test", headers, body).await?;
     read_answer(stream).await
 }
 
@@ -161,21 +149,6 @@ fn complete_answer(raw: &[u8]) -> Option<Answer> {
         String::new()
     };
     Some(Answer { status, head, body })
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// `GET /health` from `local` on a new connection: asserts 200 within

@@ -209,25 +209,42 @@ pub async fn http_request(
 ) -> Result<(u16, String), String> {
     let go = async {
         let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        // A refused body may be cut short by the server: not an error here.
-        let _ = stream.write_all(body).await;
+        let host = addr.to_string();
+        let mut all = vec![("Connection", "close")];
+        all.extend_from_slice(headers);
+        write_request(&mut stream, method, path, &host, &all, body).await?;
         let mut raw = Vec::new();
         let _ = stream.read_to_end(&mut raw).await;
         parse_response(&raw)
     };
     timeout(WAIT, go).await.map_err(|_| "timed out".to_string())?
+}
+
+/// Writes an HTTP/1.1 request on `stream`: its head (`Host`, `Content-Length`
+/// and `headers`), then `body`. A refused body may be cut short by the
+/// server: not an error here.
+pub async fn write_request(
+    stream: &mut TcpStream,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(), String> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.write_all(body).await;
+    Ok(())
 }
 
 fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
@@ -248,7 +265,8 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
     Ok((status, body))
 }
 
-fn dechunk(mut body: &str) -> String {
+/// The body of a chunked answer, as far as its chunks are whole.
+pub fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
         let Ok(n) = usize::from_str_radix(size.trim(), 16) else {

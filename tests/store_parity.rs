@@ -628,3 +628,34 @@ fn evicted_sessions_leave_the_global_history_budget() {
         assert_eq!((stats.sessions, stats.history_bytes), (0, 0));
     });
 }
+
+/// docs/PROTOCOL.md "STORE_FULL": wrapped keys that could not fit in
+/// `MAX_TOTAL_HISTORY_BYTES` even with every message evicted are refused,
+/// on both stores, and the budget is left as it was for keys that fit.
+#[test]
+fn wrapped_keys_larger_than_the_whole_budget_are_refused_store_full() {
+    runtime().block_on(async {
+        let (memory, redis) = both_backends_with(tight_budget()).await;
+        for store in [memory, redis] {
+            for (step, op) in busy_sessions_setup().iter().enumerate() {
+                apply(&store, op, 1_700_000_000_000 + step as u64).await;
+            }
+            let set = |value: String| {
+                let wrapped = json!({ USERS[2]: value }).to_string();
+                WrappedKeys::parse(raw(&wrapped)).unwrap()
+            };
+            let creator = ConnId::new(CONNS[0]);
+            let too_large = set("w".repeat(3_000));
+            let refused = store
+                .set_session_key(&sid(0), &uid(0), &creator, too_large)
+                .await
+                .expect_err("3 000 bytes of wrapped keys in a budget of 2 400");
+            assert_eq!(refused.code(), "STORE_FULL", "{refused}");
+            let fits = set("w".repeat(100));
+            store
+                .set_session_key(&sid(0), &uid(0), &creator, fits)
+                .await
+                .expect("wrapped keys that fit are taken after a refusal");
+        }
+    });
+}
